@@ -1,0 +1,45 @@
+#include "collectives/dispatch.h"
+
+#include "collectives/allreduce.h"
+#include "common/errors.h"
+
+namespace fusecomm {
+
+AllreduceAlgorithm ChooseAllreduceAlgorithm(const Topology& topo, size_t bytes) {
+  // Below the ring's pipelining benefit the transport's tuned call wins on latency.
+  (void)topo;
+  return bytes < (256u << 10) ? AllreduceAlgorithm::kNative : AllreduceAlgorithm::kRing;
+}
+
+AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorithm, void* buf,
+                                size_t count, DataType dtype, ReduceOp op) {
+  if (algorithm == AllreduceAlgorithm::kAuto) {
+    algorithm = ChooseAllreduceAlgorithm(topo, count * DataTypeSize(dtype));
+  }
+  Comm& comm = *topo.global;
+  switch (algorithm) {
+    case AllreduceAlgorithm::kRing:
+      RingAllreduce(comm, buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kRecursiveHalvingDoubling:
+      RecursiveHalvingDoublingAllreduce(comm, buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kHierarchical:
+      HierarchicalAllreduce(topo, buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kHierarchicalScatter:
+      HierarchicalScatterAllreduce(topo, buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kTorus2D:
+      Torus2DAllreduce(topo, buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kNative:
+    case AllreduceAlgorithm::kAuto:
+      comm.NativeAllreduce(buf, count, dtype, op);
+      algorithm = AllreduceAlgorithm::kNative;
+      break;
+  }
+  return algorithm;
+}
+
+}  // namespace fusecomm

@@ -1,0 +1,61 @@
+#include "common/config.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include "common/errors.h"
+
+namespace fusecomm {
+
+std::string EnvString(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return (value && *value) ? std::string(value) : fallback;
+}
+
+double EnvDouble(const char* name, double fallback) {
+  std::string text = EnvString(name, "");
+  if (text.empty()) return fallback;
+  try {
+    size_t used = 0;
+    double value = std::stod(text, &used);
+    if (used == text.size()) return value;
+  } catch (const std::exception&) {
+  }
+  throw InvalidArgument(std::string(name) + "='" + text + "' is not a number");
+}
+
+int64_t EnvInt(const char* name, int64_t fallback) {
+  std::string text = EnvString(name, "");
+  if (text.empty()) return fallback;
+  try {
+    size_t used = 0;
+    long long value = std::stoll(text, &used);
+    if (used == text.size()) return value;
+  } catch (const std::exception&) {
+  }
+  throw InvalidArgument(std::string(name) + "='" + text + "' is not an integer");
+}
+
+Config Config::FromEnvironment() {
+  Config c;
+  c.cycle_time_ms = EnvDouble("FUSECOMM_CYCLE_TIME_MS", c.cycle_time_ms);
+  if (c.cycle_time_ms <= 0) throw InvalidArgument("FUSECOMM_CYCLE_TIME_MS must be positive");
+  int64_t threshold = EnvInt("FUSECOMM_FUSION_THRESHOLD", static_cast<int64_t>(c.fusion_threshold_bytes));
+  if (threshold < 0) throw InvalidArgument("FUSECOMM_FUSION_THRESHOLD must be >= 0");
+  c.fusion_threshold_bytes = static_cast<size_t>(threshold);
+  int64_t capacity = EnvInt("FUSECOMM_CACHE_CAPACITY", static_cast<int64_t>(c.cache_capacity));
+  if (capacity < 0) throw InvalidArgument("FUSECOMM_CACHE_CAPACITY must be >= 0");
+  c.cache_capacity = static_cast<size_t>(capacity);
+  c.allreduce_algorithm =
+      ParseAllreduceAlgorithm(EnvString("FUSECOMM_ALLREDUCE_ALGORITHM", "auto"));
+  c.local_size = static_cast<int>(EnvInt("FUSECOMM_LOCAL_SIZE", 0));
+  if (c.local_size < 0) throw InvalidArgument("FUSECOMM_LOCAL_SIZE must be >= 0");
+  c.torus_x = static_cast<int>(EnvInt("FUSECOMM_TORUS_X", 0));
+  if (c.torus_x < 0) throw InvalidArgument("FUSECOMM_TORUS_X must be >= 0");
+  c.stall_warning_seconds = EnvDouble("FUSECOMM_STALL_WARNING_SECONDS", c.stall_warning_seconds);
+  c.stall_shutdown_seconds = EnvDouble("FUSECOMM_STALL_SHUTDOWN_SECONDS", c.stall_shutdown_seconds);
+  c.log_level = EnvString("FUSECOMM_LOG_LEVEL", c.log_level);
+  return c;
+}
+
+}  // namespace fusecomm

@@ -1,0 +1,32 @@
+// Settings read from FUSECOMM_* environment variables at init. Every field can also be set
+// from Python (init keyword arguments write the variables before the engine starts).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/types.h"
+
+namespace fusecomm {
+
+struct Config {
+  double cycle_time_ms = 1.0;                       // FUSECOMM_CYCLE_TIME_MS
+  size_t fusion_threshold_bytes = 64ull << 20;      // FUSECOMM_FUSION_THRESHOLD
+  size_t cache_capacity = 1024;                     // FUSECOMM_CACHE_CAPACITY (0 disables)
+  AllreduceAlgorithm allreduce_algorithm = AllreduceAlgorithm::kAuto;  // FUSECOMM_ALLREDUCE_ALGORITHM
+  int local_size = 0;                               // FUSECOMM_LOCAL_SIZE (0: real nodes)
+  int torus_x = 0;                                  // FUSECOMM_TORUS_X (0: ranks per node)
+  double stall_warning_seconds = 60.0;              // FUSECOMM_STALL_WARNING_SECONDS
+  double stall_shutdown_seconds = 0.0;              // FUSECOMM_STALL_SHUTDOWN_SECONDS (0: off)
+  std::string log_level = "warning";                // FUSECOMM_LOG_LEVEL
+
+  static Config FromEnvironment();
+};
+
+// Parses helpers shared by the config and tests; throw InvalidArgument naming the variable.
+double EnvDouble(const char* name, double fallback);
+int64_t EnvInt(const char* name, int64_t fallback);
+std::string EnvString(const char* name, const std::string& fallback);
+
+}  // namespace fusecomm

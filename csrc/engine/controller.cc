@@ -1,0 +1,178 @@
+#include "engine/controller.h"
+
+#include <algorithm>
+#include <climits>
+#include <sstream>
+
+#include "common/logging.h"
+#include "engine/wire.h"
+
+namespace fusecomm {
+
+namespace {
+
+constexpr uint64_t kFlagUnreported = 1;  // some rank has requests the coordinator has not seen
+constexpr uint64_t kFlagShutdown = 2;    // some rank asked to shut down
+
+void SetBit(std::vector<uint64_t>& words, size_t offset, size_t bit) {
+  words[offset + bit / 64] |= uint64_t{1} << (bit % 64);
+}
+void ClearBit(std::vector<uint64_t>& words, size_t offset, size_t bit) {
+  words[offset + bit / 64] &= ~(uint64_t{1} << (bit % 64));
+}
+bool TestBit(const std::vector<uint64_t>& words, size_t offset, size_t bit) {
+  return (words[offset + bit / 64] >> (bit % 64)) & 1;
+}
+
+std::string DeviceString(int32_t device) {
+  return device < 0 ? std::string("cpu") : "cuda:" + std::to_string(device);
+}
+
+// The value of the field two specs disagree on, as a person reads it.
+std::string FieldValue(const TensorSpec& s, const std::string& field) {
+  std::ostringstream out;
+  if (field == "operations") out << OpTypeName(s.op_type);
+  else if (field == "data types") out << DataTypeName(s.dtype);
+  else if (field == "devices") out << DeviceString(s.device);
+  else if (field == "reduce ops") out << ReduceOpName(s.reduce_op);
+  else if (field == "scale factors") out << "prescale " << s.prescale << ", postscale " << s.postscale;
+  else if (field == "root ranks") out << s.root;
+  else if (field == "algorithms") out << AllreduceAlgorithmName(s.algorithm);
+  else out << ShapeString(s.shape);
+  return out.str();
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::ostringstream out;
+  out << (ranks.size() == 1 ? "rank " : "ranks ");
+  for (size_t i = 0; i < ranks.size(); ++i) out << (i ? ", " : "") << ranks[i];
+  return out.str();
+}
+
+}  // namespace
+
+Controller::Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity)
+    : channel_(std::move(channel)), cache_(cache_capacity) {}
+
+Response Controller::Validate(const std::vector<TensorSpec>& per_rank) const {
+  Response response;
+  response.spec = per_rank[0];
+  std::string field;
+  for (size_t r = 1; r < per_rank.size(); ++r) {
+    if (SpecsAgree(per_rank[0], per_rank[r], &field)) continue;
+    // Group ranks by what they sent so the message stays short on many ranks.
+    std::vector<std::pair<std::string, std::vector<int>>> groups;
+    for (size_t q = 0; q < per_rank.size(); ++q) {
+      std::string value = FieldValue(per_rank[q], field);
+      auto it = std::find_if(groups.begin(), groups.end(),
+                             [&](const auto& g) { return g.first == value; });
+      if (it == groups.end()) groups.push_back({value, {static_cast<int>(q)}});
+      else it->second.push_back(static_cast<int>(q));
+    }
+    std::ostringstream msg;
+    msg << "Mismatched " << OpTypeName(per_rank[0].op_type) << " " << field << " for tensor '"
+        << per_rank[0].name << "': ";
+    for (size_t g = 0; g < groups.size(); ++g) {
+      msg << (g ? "; " : "") << RankList(groups[g].second) << " sent " << groups[g].first;
+    }
+    response.error = msg.str();
+    return response;
+  }
+  return response;
+}
+
+std::vector<Response> Controller::CollectReports(const std::vector<std::vector<char>>& reports) {
+  std::vector<Response> complete;
+  const int n = size();
+  for (int r = 0; r < n; ++r) {
+    for (TensorSpec& spec : DecodeSpecs(reports[r].data(), reports[r].size())) {
+      Waiting& w = waiting_[spec.name];
+      if (w.per_rank.empty()) {
+        w.per_rank.resize(n);
+        w.reported.assign(n, false);
+      }
+      std::string name = spec.name;
+      w.per_rank[r] = std::move(spec);
+      if (!w.reported[r]) {
+        w.reported[r] = true;
+        ++w.count;
+      }
+      if (w.count == n) {
+        complete.push_back(Validate(w.per_rank));
+        waiting_.erase(name);
+      }
+    }
+  }
+  return complete;
+}
+
+CycleResult Controller::RunCycle(PendingTable& pending, bool shutdown_requested) {
+  const size_t positions = cache_.num_positions();
+  const size_t words = (positions + 63) / 64;
+  const size_t ready_at = 1, invalid_at = 1 + words;
+  // Layout: [inverted flags][ready bits][inverted invalid bits]. Inverting turns the AND into
+  // an OR for flags and invalid marks, so one all-reduce carries all three.
+  std::vector<uint64_t> bits(1 + 2 * words, 0);
+  std::fill(bits.begin() + invalid_at, bits.end(), ~uint64_t{0});
+  uint64_t flags = shutdown_requested ? kFlagShutdown : 0;
+
+  for (auto& [name, entry] : pending) {
+    if (entry.state == PendingState::kReported) continue;
+    int position = cache_.Find(name);
+    if (position >= 0 && SpecsAgree(cache_.At(position).spec, entry.request.spec)) {
+      entry.state = PendingState::kCached;
+      SetBit(bits, ready_at, position);
+    } else {
+      // A changed spec under a cached name: every rank drops the entry and renegotiates.
+      if (position >= 0) ClearBit(bits, invalid_at, position);
+      entry.state = PendingState::kUnreported;
+      flags |= kFlagUnreported;
+    }
+  }
+  bits[0] = ~flags;
+  channel_->AllreduceBitwiseAnd(bits);
+  const uint64_t any_flags = ~bits[0];
+
+  CycleResult result;
+  for (size_t p = 0; p < positions; ++p) {
+    bool invalid = !TestBit(bits, invalid_at, p);
+    if (invalid) {
+      cache_.Erase(static_cast<int>(p));
+    } else if (TestBit(bits, ready_at, p)) {
+      cache_.Touch(static_cast<int>(p));
+      result.responses.push_back(cache_.At(static_cast<int>(p)));
+    }
+  }
+  if (any_flags & kFlagShutdown) {
+    result.shutdown = true;
+    result.shutdown_rank =
+        static_cast<int>(channel_->AllreduceMin(shutdown_requested ? rank() : INT64_MAX));
+    result.responses.clear();
+    return result;
+  }
+  if (any_flags & kFlagUnreported) {
+    std::vector<std::pair<uint64_t, TensorSpec>> fresh;
+    for (auto& [name, entry] : pending) {
+      if (entry.state == PendingState::kUnreported) {
+        fresh.emplace_back(entry.sequence, entry.request.spec);
+        entry.state = PendingState::kReported;
+      }
+    }
+    // Report in submission order so the coordinator completes names in a natural order.
+    std::sort(fresh.begin(), fresh.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<TensorSpec> specs;
+    for (auto& f : fresh) specs.push_back(std::move(f.second));
+    auto reports = channel_->GatherToRoot(EncodeSpecs(specs));
+    std::vector<char> encoded;
+    if (rank() == 0) encoded = EncodeResponses(CollectReports(reports));
+    channel_->BroadcastFromRoot(encoded);
+    for (Response& response : DecodeResponses(encoded.data(), encoded.size())) {
+      if (response.error.empty()) cache_.Put(response);
+      result.responses.push_back(std::move(response));
+    }
+  }
+  return result;
+}
+
+}  // namespace fusecomm

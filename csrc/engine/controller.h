@@ -1,0 +1,67 @@
+// Negotiation: decides, identically on every rank of a process set, which requests run in a
+// cycle and in what order. New names go through the coordinator (rank 0), which checks that
+// every rank asked for the same thing; names seen before are agreed by one bitwise-AND
+// all-reduce over the response cache's positions.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/control_channel.h"
+#include "engine/request.h"
+#include "engine/response_cache.h"
+
+namespace fusecomm {
+
+enum class PendingState {
+  kUnreported,  // not yet known to the coordinator, not in the cache
+  kReported,    // sent to the coordinator, waiting for the other ranks
+  kCached,      // matches a cache entry, waiting for every rank's bit
+};
+
+struct PendingEntry {
+  Request request;
+  PendingState state = PendingState::kUnreported;
+  uint64_t sequence = 0;  // submission order on this rank
+  std::chrono::steady_clock::time_point submitted;
+};
+
+// This rank's submitted requests of one process set that have not run yet, by name.
+using PendingTable = std::unordered_map<std::string, PendingEntry>;
+
+struct CycleResult {
+  std::vector<Response> responses;  // to execute now, same order on every rank
+  bool shutdown = false;            // some rank asked to shut down
+  int shutdown_rank = -1;           // the lowest such rank
+};
+
+class Controller {
+ public:
+  Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity);
+
+  int rank() const { return channel_->rank(); }
+  int size() const { return channel_->size(); }
+  CycleResult RunCycle(PendingTable& pending, bool shutdown_requested);
+
+ private:
+  // Coordinator side: record what each rank reported; return the names now complete.
+  std::vector<Response> CollectReports(const std::vector<std::vector<char>>& reports);
+  Response Validate(const std::vector<TensorSpec>& per_rank) const;
+
+  std::unique_ptr<ControlChannel> channel_;
+  ResponseCache cache_;
+  // Coordinator only: name -> spec reported by each rank (unset until reported).
+  struct Waiting {
+    std::vector<TensorSpec> per_rank;
+    std::vector<bool> reported;
+    int count = 0;
+  };
+  std::map<std::string, Waiting> waiting_;
+};
+
+}  // namespace fusecomm

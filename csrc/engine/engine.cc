@@ -1,0 +1,311 @@
+#include "engine/engine.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common/errors.h"
+#include "common/logging.h"
+#include "transport/mpi/mpi_comm.h"
+#include "transport/mpi/mpi_context.h"
+
+namespace fusecomm {
+
+namespace {
+
+MPI_Comm& AsComm(void*& p) { return *reinterpret_cast<MPI_Comm*>(&p); }
+
+}  // namespace
+
+BuildInfo GetBuildInfo() {
+  BuildInfo info;
+  info.mpi_version = MpiLibraryVersion();
+#ifdef FUSECOMM_WITH_CUDA
+  info.cuda = true;
+#endif
+#ifdef FUSECOMM_WITH_NCCL
+  info.nccl = true;
+#endif
+  return info;
+}
+
+Engine& Engine::Get() {
+  static Engine* engine = new Engine();  // never destroyed: threads may outlive static teardown
+  return *engine;
+}
+
+void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (initialized_) return;  // like Horovod, a second init is a no-op
+  Config config = Config::FromEnvironment();
+  SetLogLevel(config.log_level);
+  EnsureMpiInitialized();
+  static_assert(sizeof(MPI_Comm) <= sizeof(void*), "MPI_Comm must fit in a pointer");
+  MPI_Comm base = mpi_comm ? *static_cast<const MPI_Comm*>(mpi_comm) : MPI_COMM_WORLD;
+  MPI_Comm global = MakeGlobalComm(base, ranks);
+  if (global == MPI_COMM_NULL) {
+    throw InvalidArgument("this rank is not among the ranks given to init()");
+  }
+  int size = 0, rank = 0;
+  MPI_Comm_size(global, &size);
+  MPI_Comm_rank(global, &rank);
+  SetLogRank(rank);
+  std::vector<int> all(size);
+  for (int r = 0; r < size; ++r) all[r] = r;
+  auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config));
+  config_ = config;
+  AsComm(global_comm_) = global;
+  process_sets_.clear();
+  process_sets_[0] = ProcessSet{all, worker};
+  next_process_set_ = 1;
+  initialized_ = true;
+  FUSECOMM_LOG(kDebug, "initialized: rank " << rank << " of " << size);
+}
+
+void Engine::Shutdown() {
+  std::map<int, ProcessSet> sets;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!initialized_) return;
+    initialized_ = false;
+    sets.swap(process_sets_);
+  }
+  // Sub-sets first, the global set last: its shutdown is the one every rank agrees on.
+  for (auto it = sets.rbegin(); it != sets.rend(); ++it) {
+    if (it->second.worker) it->second.worker->Shutdown();
+  }
+  sets.clear();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && AsComm(global_comm_) != MPI_COMM_NULL) MPI_Comm_free(&AsComm(global_comm_));
+  global_comm_ = nullptr;
+}
+
+bool Engine::initialized() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return initialized_;
+}
+
+void Engine::CheckInitialized() {
+  if (!initialized_) {
+    throw NotInitialized("fusecomm has not been initialized; call init() first");
+  }
+}
+
+ProcessSetWorker& Engine::WorkerFor(int process_set) {
+  CheckInitialized();
+  auto it = process_sets_.find(process_set);
+  if (it == process_sets_.end()) {
+    throw InvalidArgument("process set " + std::to_string(process_set) + " does not exist");
+  }
+  if (!it->second.worker) {
+    throw InvalidArgument("this rank is not a member of process set " +
+                          std::to_string(process_set));
+  }
+  return *it->second.worker;
+}
+
+#define FUSECOMM_GLOBAL_QUERY(method, expr)         \
+  int Engine::method() {                            \
+    std::lock_guard<std::mutex> lock(mutex_);       \
+    ProcessSetWorker& w = WorkerFor(0);             \
+    return expr;                                    \
+  }
+FUSECOMM_GLOBAL_QUERY(rank, w.rank())
+FUSECOMM_GLOBAL_QUERY(size, w.size())
+FUSECOMM_GLOBAL_QUERY(local_rank, w.topology().local_rank())
+FUSECOMM_GLOBAL_QUERY(local_size, w.topology().local_size())
+FUSECOMM_GLOBAL_QUERY(cross_rank, w.topology().cross_rank())
+FUSECOMM_GLOBAL_QUERY(cross_size, w.topology().cross_size())
+#undef FUSECOMM_GLOBAL_QUERY
+
+bool Engine::is_homogeneous() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return WorkerFor(0).topology().homogeneous;
+}
+
+const Config& Engine::config() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CheckInitialized();
+  return config_;
+}
+
+int Engine::AddProcessSet(const std::vector<int>& ranks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ProcessSetWorker& global = WorkerFor(0);
+  std::vector<int> sorted = ranks;
+  std::sort(sorted.begin(), sorted.end());
+  if (sorted.empty()) throw InvalidArgument("a process set needs at least one rank");
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    throw InvalidArgument("a process set lists a rank twice");
+  }
+  for (int r : sorted) {
+    if (r < 0 || r >= global.size()) {
+      throw InvalidArgument("rank " + std::to_string(r) + " is out of range for " +
+                            std::to_string(global.size()) + " ranks");
+    }
+  }
+  for (const auto& [id, set] : process_sets_) {
+    if (set.ranks == sorted) {
+      throw InvalidArgument("a process set with these ranks already exists (id " +
+                            std::to_string(id) + ")");
+    }
+  }
+  MPI_Comm comm = MakeGlobalComm(AsComm(global_comm_), sorted);
+  int id = next_process_set_++;
+  std::shared_ptr<ProcessSetWorker> worker;
+  if (comm != MPI_COMM_NULL) {
+    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(id, comm, config_));
+    MPI_Comm_free(&comm);
+  }
+  process_sets_[id] = ProcessSet{sorted, worker};
+  return id;
+}
+
+void Engine::RemoveProcessSet(int id) {
+  std::shared_ptr<ProcessSetWorker> worker;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    CheckInitialized();
+    if (id == 0) throw InvalidArgument("the global process set cannot be removed");
+    auto it = process_sets_.find(id);
+    if (it == process_sets_.end()) {
+      throw InvalidArgument("process set " + std::to_string(id) + " does not exist");
+    }
+    worker = it->second.worker;
+    process_sets_.erase(it);
+  }
+  if (worker) worker->Shutdown();
+}
+
+std::vector<int> Engine::ProcessSetRanks(int id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CheckInitialized();
+  auto it = process_sets_.find(id);
+  if (it == process_sets_.end()) {
+    throw InvalidArgument("process set " + std::to_string(id) + " does not exist");
+  }
+  return it->second.ranks;
+}
+
+std::vector<int> Engine::ProcessSetIds() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CheckInitialized();
+  std::vector<int> ids;
+  for (const auto& [id, set] : process_sets_) ids.push_back(id);
+  return ids;
+}
+
+int Engine::ProcessSetRank(int id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CheckInitialized();
+  auto it = process_sets_.find(id);
+  if (it == process_sets_.end()) {
+    throw InvalidArgument("process set " + std::to_string(id) + " does not exist");
+  }
+  return it->second.worker ? it->second.worker->rank() : -1;
+}
+
+void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
+  const TensorSpec& spec = request.spec;
+  if (spec.name.empty()) throw InvalidArgument("a collective needs a name");
+  for (int64_t d : spec.shape) {
+    if (d < 0) throw InvalidArgument("negative dimension in shape " + ShapeString(spec.shape));
+  }
+  if (spec.device >= 0) {
+    throw InvalidArgument("tensor '" + spec.name +
+                          "' is on a CUDA device but this build of fusecomm has no CUDA support");
+  }
+  const bool reduces = spec.op_type == OpType::kAllreduce || spec.op_type == OpType::kReducescatter;
+  if (reduces && !ReduceOpSupported(spec.dtype, spec.reduce_op)) {
+    throw InvalidArgument(std::string(ReduceOpName(spec.reduce_op)) + " is not defined for " +
+                          DataTypeName(spec.dtype) + " tensors");
+  }
+  if (reduces && spec.dtype == DataType::kBool &&
+      (spec.prescale != 1.0 || spec.postscale != 1.0)) {
+    throw InvalidArgument("bool tensors cannot be scaled");
+  }
+  const int n = worker.size();
+  if (spec.op_type == OpType::kBroadcast && (spec.root < 0 || spec.root >= n)) {
+    throw InvalidArgument("root rank " + std::to_string(spec.root) + " is out of range for " +
+                          std::to_string(n) + " ranks");
+  }
+  const bool needs_rows = spec.op_type == OpType::kAllgather ||
+                          spec.op_type == OpType::kAlltoall ||
+                          spec.op_type == OpType::kReducescatter;
+  if (needs_rows && spec.shape.empty()) {
+    throw InvalidArgument(std::string(OpTypeName(spec.op_type)) +
+                          " needs a tensor with at least one dimension");
+  }
+  if (spec.op_type == OpType::kAlltoall) {
+    const int64_t rows = spec.shape[0];
+    if (request.splits.empty()) {
+      if (rows % n != 0) {
+        throw InvalidArgument("alltoall without splits needs the first dimension (" +
+                              std::to_string(rows) + ") to divide by the number of ranks (" +
+                              std::to_string(n) + ")");
+      }
+    } else {
+      if (static_cast<int>(request.splits.size()) != n) {
+        throw InvalidArgument("alltoall splits has " + std::to_string(request.splits.size()) +
+                              " entries; expected one per rank (" + std::to_string(n) + ")");
+      }
+      int64_t sum = 0;
+      for (int64_t s : request.splits) {
+        if (s < 0) throw InvalidArgument("alltoall splits must not be negative");
+        sum += s;
+      }
+      if (sum != rows) {
+        throw InvalidArgument("alltoall splits sum to " + std::to_string(sum) +
+                              " but the first dimension is " + std::to_string(rows));
+      }
+    }
+  }
+  const bool caller_output = spec.op_type == OpType::kAllreduce || spec.op_type == OpType::kBroadcast;
+  if (spec.num_elements() > 0 && (request.input == nullptr && spec.op_type != OpType::kBarrier)) {
+    throw InvalidArgument("tensor '" + spec.name + "' has no data pointer");
+  }
+  if (caller_output && spec.num_elements() > 0 && request.output == nullptr) {
+    throw InvalidArgument("tensor '" + spec.name + "' has no output buffer");
+  }
+}
+
+int64_t Engine::Submit(int process_set, Request request) {
+  std::shared_ptr<ProcessSetWorker> worker;
+  int64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    WorkerFor(process_set);
+    worker = process_sets_[process_set].worker;
+    Validate(*worker, request);
+    id = next_handle_++;
+    request.handle = std::make_shared<HandleState>();
+    handles_[id] = request.handle;
+  }
+  try {
+    worker->Submit(std::move(request));
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    handles_.erase(id);
+    throw;
+  }
+  return id;
+}
+
+std::shared_ptr<HandleState> Engine::GetHandle(int64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = handles_.find(id);
+  if (it == handles_.end()) {
+    throw InvalidArgument("unknown handle " + std::to_string(id) +
+                          " (already synchronized, or never returned by an *_async call)");
+  }
+  return it->second;
+}
+
+void Engine::ReleaseHandle(int64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  handles_.erase(id);
+}
+
+}  // namespace fusecomm

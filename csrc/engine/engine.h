@@ -1,0 +1,78 @@
+// The process-wide engine: start-up, process sets, submission and handles. This is the whole
+// surface the Python bindings wrap.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "engine/process_set_worker.h"
+#include "engine/request.h"
+
+namespace fusecomm {
+
+struct BuildInfo {
+  std::string mpi_version;
+  bool cuda = false;
+  bool nccl = false;
+};
+BuildInfo GetBuildInfo();
+
+class Engine {
+ public:
+  static Engine& Get();
+
+  // `mpi_comm` points at an MPI_Comm to run on (nullptr: MPI_COMM_WORLD); `ranks`, when not
+  // empty, restricts the job to those ranks of MPI_COMM_WORLD. Ranks outside take no part.
+  void Init(const void* mpi_comm, const std::vector<int>& ranks);
+  void Shutdown();
+  bool initialized();
+
+  int rank();
+  int size();
+  int local_rank();
+  int local_size();
+  int cross_rank();
+  int cross_size();
+  bool is_homogeneous();
+  const Config& config();
+
+  // Collective over the global process set: every rank calls with the same ranks (global
+  // ranks). Returns the new set's id (the same on every rank).
+  int AddProcessSet(const std::vector<int>& ranks);
+  void RemoveProcessSet(int id);
+  std::vector<int> ProcessSetRanks(int id);
+  std::vector<int> ProcessSetIds();
+  // Rank of this process inside set `id`, or -1 when not a member.
+  int ProcessSetRank(int id);
+
+  // Validates and queues; returns a handle id.
+  int64_t Submit(int process_set, Request request);
+  std::shared_ptr<HandleState> GetHandle(int64_t id);
+  void ReleaseHandle(int64_t id);
+
+ private:
+  Engine() = default;
+  ProcessSetWorker& WorkerFor(int process_set);
+  void CheckInitialized();
+  void Validate(const ProcessSetWorker& worker, const Request& request);
+
+  std::mutex mutex_;
+  bool initialized_ = false;
+  Config config_;
+  struct ProcessSet {
+    std::vector<int> ranks;  // global ranks
+    std::shared_ptr<ProcessSetWorker> worker;  // null on non-members
+  };
+  std::map<int, ProcessSet> process_sets_;
+  int next_process_set_ = 1;
+  void* global_comm_ = nullptr;  // MPI_Comm of the global set (owned), for creating sub-sets
+  std::map<int64_t, std::shared_ptr<HandleState>> handles_;
+  int64_t next_handle_ = 1;
+};
+
+}  // namespace fusecomm

@@ -1,0 +1,229 @@
+#include "engine/executor.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+
+#include "collectives/dispatch.h"
+#include "common/errors.h"
+#include "common/logging.h"
+#include "engine/fusion_planner.h"
+
+namespace fusecomm {
+
+namespace {
+
+size_t ElementCount(const TensorSpec& spec) { return static_cast<size_t>(spec.num_elements()); }
+
+// Rows of a reducescatter block on `rank`: the remainder rows go to the lowest ranks.
+int64_t ScatterRows(int64_t rows, int ranks, int rank) {
+  return rows / ranks + (rank < rows % ranks ? 1 : 0);
+}
+
+std::vector<int64_t> WithFirstDim(const std::vector<int64_t>& shape, int64_t first) {
+  std::vector<int64_t> out = shape.empty() ? std::vector<int64_t>{first} : shape;
+  out[0] = first;
+  return out;
+}
+
+}  // namespace
+
+Executor::Executor(Topology& topology, size_t fusion_threshold,
+                   AllreduceAlgorithm default_algorithm,
+                   std::function<void(const std::string&)> release_name)
+    : topology_(topology),
+      comm_(*topology.global),
+      fusion_threshold_(fusion_threshold),
+      default_algorithm_(default_algorithm),
+      release_name_(std::move(release_name)) {}
+
+void* Executor::FusionBuffer(size_t bytes) {
+  if (bytes > fusion_capacity_) {
+    fusion_buffer_ = comm_.memory().Allocate(bytes);
+    fusion_capacity_ = bytes;
+  }
+  return fusion_buffer_.get();
+}
+
+void Executor::Finish(Request& request, const std::string& error) {
+  release_name_(request.spec.name);
+  if (error.empty()) {
+    request.handle->Complete();
+  } else {
+    request.handle->Fail(error);
+  }
+}
+
+void Executor::FinishScale(void* dst, const void* src, size_t count, const TensorSpec& spec) {
+  MemoryOps& mem = comm_.memory();
+  double factor = spec.postscale;
+  if (spec.reduce_op == ReduceOp::kAverage) {
+    if (IsFloatingPoint(spec.dtype)) {
+      factor /= comm_.size();
+    } else {
+      // Integers average exactly (truncating), then take any postscale.
+      mem.Divide(dst, src, count, spec.dtype, comm_.size());
+      src = dst;
+    }
+  }
+  mem.ScaledCopy(dst, src, count, spec.dtype, factor);
+}
+
+void Executor::RunAllreduceGroup(const std::vector<Request*>& group) {
+  const TensorSpec& kind = group[0]->spec;
+  ReduceOp op = kind.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : kind.reduce_op;
+  AllreduceAlgorithm algorithm =
+      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm;
+  MemoryOps& mem = comm_.memory();
+  const size_t elem = DataTypeSize(kind.dtype);
+  if (group.size() == 1) {
+    // Unfused: work in the caller's output directly, no fusion-buffer copies.
+    Request& r = *group[0];
+    size_t count = ElementCount(r.spec);
+    mem.ScaledCopy(r.output, r.input, count, r.spec.dtype, r.spec.prescale);
+    RunAllreduce(topology_, algorithm, r.output, count, r.spec.dtype, op);
+    FinishScale(r.output, r.output, count, r.spec);
+    return;
+  }
+  size_t total = 0;
+  for (Request* r : group) total += ElementCount(r->spec);
+  char* buffer = static_cast<char*>(FusionBuffer(total * elem));
+  size_t offset = 0;
+  for (Request* r : group) {
+    size_t count = ElementCount(r->spec);
+    mem.ScaledCopy(buffer + offset * elem, r->input, count, kind.dtype, kind.prescale);
+    offset += count;
+  }
+  RunAllreduce(topology_, algorithm, buffer, total, kind.dtype, op);
+  offset = 0;
+  for (Request* r : group) {
+    size_t count = ElementCount(r->spec);
+    FinishScale(r->output, buffer + offset * elem, count, r->spec);
+    offset += count;
+  }
+}
+
+void Executor::RunAllgather(Request& r) {
+  const int n = comm_.size();
+  int64_t my_rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
+  std::vector<int64_t> rows(n);
+  comm_.NativeAllgatherv(&my_rows, sizeof(int64_t), rows.data(),
+                         std::vector<size_t>(n, sizeof(int64_t)));
+  const size_t row_bytes = static_cast<size_t>(r.spec.row_elements()) * DataTypeSize(r.spec.dtype);
+  std::vector<size_t> block_bytes(n);
+  int64_t total_rows = 0;
+  for (int q = 0; q < n; ++q) {
+    block_bytes[q] = static_cast<size_t>(rows[q]) * row_bytes;
+    total_rows += rows[q];
+  }
+  auto out = std::make_shared<HostBuffer>(static_cast<size_t>(total_rows) * row_bytes);
+  comm_.NativeAllgatherv(r.input, block_bytes[comm_.rank()], out->data.get(), block_bytes);
+  r.handle->output = out;
+  r.handle->output_shape = WithFirstDim(r.spec.shape, total_rows);
+}
+
+void Executor::RunBroadcast(Request& r) {
+  size_t bytes = r.spec.num_bytes();
+  if (comm_.rank() == r.spec.root && r.output != r.input) {
+    comm_.memory().Copy(r.output, r.input, bytes);
+  }
+  comm_.NativeBroadcast(r.output, bytes, r.spec.root);
+}
+
+void Executor::RunReducescatter(Request& r) {
+  const int n = comm_.size();
+  const int64_t rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
+  const int64_t row_elems = r.spec.row_elements();
+  std::vector<size_t> counts(n);
+  for (int q = 0; q < n; ++q) counts[q] = static_cast<size_t>(ScatterRows(rows, n, q) * row_elems);
+  const size_t total = ElementCount(r.spec);
+  const size_t elem = DataTypeSize(r.spec.dtype);
+  const void* send = r.input;
+  std::shared_ptr<void> scaled;
+  if (r.spec.prescale != 1.0) {
+    scaled = comm_.memory().Allocate(total * elem);
+    comm_.memory().ScaledCopy(scaled.get(), r.input, total, r.spec.dtype, r.spec.prescale);
+    send = scaled.get();
+  }
+  ReduceOp op = r.spec.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : r.spec.reduce_op;
+  size_t mine = counts[comm_.rank()];
+  auto out = std::make_shared<HostBuffer>(mine * elem);
+  comm_.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);
+  FinishScale(out->data.get(), out->data.get(), mine, r.spec);
+  r.handle->output = out;
+  r.handle->output_shape = WithFirstDim(r.spec.shape, ScatterRows(rows, n, comm_.rank()));
+}
+
+void Executor::RunAlltoall(Request& r) {
+  const int n = comm_.size();
+  const int64_t rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
+  std::vector<int64_t> send_rows = r.splits;
+  if (send_rows.empty()) send_rows.assign(n, rows / n);  // equal split, checked at submit
+  std::vector<int64_t> recv_rows(n);
+  comm_.NativeAlltoallv(send_rows.data(), std::vector<size_t>(n, sizeof(int64_t)),
+                        recv_rows.data(), std::vector<size_t>(n, sizeof(int64_t)));
+  const size_t row_bytes = static_cast<size_t>(r.spec.row_elements()) * DataTypeSize(r.spec.dtype);
+  std::vector<size_t> send_bytes(n), recv_bytes(n);
+  int64_t total_rows = 0;
+  for (int q = 0; q < n; ++q) {
+    send_bytes[q] = static_cast<size_t>(send_rows[q]) * row_bytes;
+    recv_bytes[q] = static_cast<size_t>(recv_rows[q]) * row_bytes;
+    total_rows += recv_rows[q];
+  }
+  auto out = std::make_shared<HostBuffer>(static_cast<size_t>(total_rows) * row_bytes);
+  comm_.NativeAlltoallv(r.input, send_bytes, out->data.get(), recv_bytes);
+  r.handle->output = out;
+  r.handle->output_shape = WithFirstDim(r.spec.shape, total_rows);
+  r.handle->received_splits = recv_rows;
+}
+
+void Executor::Execute(const std::vector<Response>& responses, PendingTable& pending) {
+  // Take this rank's request for every response out of the pending table.
+  std::vector<Request> requests;
+  requests.reserve(responses.size());
+  for (const Response& response : responses) {
+    auto it = pending.find(response.spec.name);
+    if (it == pending.end()) {
+      // Cannot happen while negotiation is correct: every response names a request of ours.
+      throw CollectiveError("internal error: no local request for tensor '" +
+                            response.spec.name + "'");
+    }
+    requests.push_back(std::move(it->second.request));
+    pending.erase(it);
+  }
+  for (const auto& group : PlanFusion(responses, fusion_threshold_)) {
+    const Response& first = responses[group[0]];
+    if (!first.error.empty()) {
+      Finish(requests[group[0]], first.error);
+      continue;
+    }
+    std::string error;
+    try {
+      switch (first.spec.op_type) {
+        case OpType::kAllreduce: {
+          std::vector<Request*> members;
+          for (size_t i : group) members.push_back(&requests[i]);
+          RunAllreduceGroup(members);
+          break;
+        }
+        case OpType::kAllgather: RunAllgather(requests[group[0]]); break;
+        case OpType::kBroadcast: RunBroadcast(requests[group[0]]); break;
+        case OpType::kReducescatter: RunReducescatter(requests[group[0]]); break;
+        case OpType::kAlltoall: RunAlltoall(requests[group[0]]); break;
+        case OpType::kBarrier: break;  // negotiation completing on every rank is the barrier
+      }
+    } catch (const std::exception& e) {
+      error = std::string(OpTypeName(first.spec.op_type)) + " of '" + first.spec.name +
+              "' failed: " + e.what();
+      FUSECOMM_LOG(kError, error);
+    }
+    for (size_t i : group) Finish(requests[i], error);
+  }
+}
+
+void Executor::FailAll(PendingTable& pending, const std::string& message) {
+  for (auto& [name, entry] : pending) Finish(entry.request, message);
+  pending.clear();
+}
+
+}  // namespace fusecomm

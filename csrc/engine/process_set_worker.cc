@@ -1,0 +1,116 @@
+#include "engine/process_set_worker.h"
+
+#include <chrono>
+
+#include "common/errors.h"
+#include "common/logging.h"
+
+namespace fusecomm {
+
+namespace {
+Topology WithGlobal(Topology topology, Comm* global) {
+  topology.global = global;
+  return topology;
+}
+}  // namespace
+
+ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
+                                   std::unique_ptr<Comm> data_comm, Topology topology,
+                                   const Config& config)
+    : id_(id),
+      config_(config),
+      data_comm_(std::move(data_comm)),
+      topology_(WithGlobal(std::move(topology), data_comm_.get())),
+      controller_(std::move(control), config.cache_capacity),
+      executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
+                [this](const std::string& name) { ReleaseName(name); }) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ProcessSetWorker::~ProcessSetWorker() { Shutdown(); }
+
+void ProcessSetWorker::Submit(Request request) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopped_ || shutdown_requested_) {
+      throw NotInitialized(stop_reason_.empty() ? "fusecomm has been shut down" : stop_reason_);
+    }
+    const std::string& name = request.spec.name;
+    if (!in_flight_.insert(name).second) {
+      throw InvalidArgument("a collective named '" + name +
+                            "' is already in flight on this rank; wait for it or use another name");
+    }
+    queue_.push_back(std::move(request));
+  }
+  wake_.notify_one();
+}
+
+void ProcessSetWorker::ReleaseName(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  in_flight_.erase(name);
+}
+
+void ProcessSetWorker::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    shutdown_requested_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ProcessSetWorker::Loop() {
+  PendingTable pending;
+  const auto cycle = std::chrono::duration<double, std::milli>(config_.cycle_time_ms);
+  std::string reason;
+  try {
+    while (true) {
+      bool shutdown_requested;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        // A submission wakes the cycle at once; otherwise run one every cycle time so peers
+        // waiting on this rank's bits make progress.
+        wake_.wait_for(lock, cycle, [this] { return !queue_.empty() || shutdown_requested_; });
+        for (Request& request : queue_) {
+          PendingEntry entry;
+          entry.sequence = next_sequence_++;
+          entry.submitted = std::chrono::steady_clock::now();
+          std::string name = request.spec.name;
+          entry.request = std::move(request);
+          pending.emplace(std::move(name), std::move(entry));
+        }
+        queue_.clear();
+        shutdown_requested = shutdown_requested_;
+      }
+      CycleResult result = controller_.RunCycle(pending, shutdown_requested);
+      if (result.shutdown) {
+        reason = result.shutdown_rank == rank()
+                     ? "fusecomm has been shut down"
+                     : "fusecomm was shut down by rank " + std::to_string(result.shutdown_rank) +
+                           " (of process set " + std::to_string(id_) + ")";
+        break;
+      }
+      executor_.Execute(result.responses, pending);
+    }
+  } catch (const std::exception& e) {
+    reason = std::string("fusecomm engine stopped after an error: ") + e.what();
+    FUSECOMM_LOG(kError, reason);
+  }
+  // Stop accepting work first, then fail what is left, so no request is stranded.
+  std::vector<Request> leftover;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_reason_ = reason;
+    stopped_ = true;
+    leftover.swap(queue_);
+  }
+  for (Request& request : leftover) {
+    PendingEntry entry;
+    std::string name = request.spec.name;
+    entry.request = std::move(request);
+    pending.emplace(std::move(name), std::move(entry));
+  }
+  executor_.FailAll(pending, reason);
+}
+
+}  // namespace fusecomm

@@ -1,0 +1,63 @@
+// One process set's engine: a queue the caller submits to and a background thread that
+// negotiates and executes. Each process set has its own thread and communicators, so
+// collectives on disjoint sets run concurrently.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "collectives/topology.h"
+#include "common/config.h"
+#include "engine/controller.h"
+#include "engine/executor.h"
+#include "engine/request.h"
+
+namespace fusecomm {
+
+class ProcessSetWorker {
+ public:
+  ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
+                   std::unique_ptr<Comm> data_comm, Topology topology, const Config& config);
+  ~ProcessSetWorker();
+
+  int id() const { return id_; }
+  int rank() const { return data_comm_->rank(); }
+  int size() const { return data_comm_->size(); }
+  const Topology& topology() const { return topology_; }
+
+  // Queues a request. Throws InvalidArgument for a name already in flight and NotInitialized
+  // once the worker has stopped.
+  void Submit(Request request);
+  // Asks every rank to stop; returns after this rank's thread has stopped.
+  void Shutdown();
+  bool stopped() const { return stopped_; }
+
+ private:
+  void Loop();
+  void ReleaseName(const std::string& name);
+
+  const int id_;
+  const Config config_;
+  std::unique_ptr<Comm> data_comm_;
+  Topology topology_;
+  Controller controller_;
+  Executor executor_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<Request> queue_;
+  std::unordered_set<std::string> in_flight_;
+  std::string stop_reason_;
+  bool shutdown_requested_ = false;
+  std::atomic<bool> stopped_{false};
+  uint64_t next_sequence_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace fusecomm

@@ -1,0 +1,80 @@
+// What a rank asks the engine for, and what the ranks agree to do.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+
+namespace fusecomm {
+
+// The part of a request every rank must agree on. It travels to the coordinator.
+struct TensorSpec {
+  std::string name;
+  OpType op_type = OpType::kAllreduce;
+  DataType dtype = DataType::kFloat32;
+  ReduceOp reduce_op = ReduceOp::kSum;
+  std::vector<int64_t> shape;
+  int32_t root = 0;
+  double prescale = 1.0;
+  double postscale = 1.0;
+  int32_t device = -1;  // -1: host memory; >= 0: CUDA device ordinal
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::kAuto;
+
+  int64_t num_elements() const;
+  size_t num_bytes() const { return static_cast<size_t>(num_elements()) * DataTypeSize(dtype); }
+  // Elements in one row (product of shape[1:]); 1 for scalars.
+  int64_t row_elements() const;
+};
+
+std::string ShapeString(const std::vector<int64_t>& shape);
+
+// Host memory owned by the engine (outputs whose size only the collective decides).
+struct HostBuffer {
+  explicit HostBuffer(size_t bytes);
+  std::shared_ptr<void> data;
+  size_t bytes;
+};
+
+// Completion state of one submitted request, shared by the engine thread and the caller.
+class HandleState {
+ public:
+  bool Done();
+  // Blocks until done; throws CollectiveError with the failure message.
+  void Wait();
+  void Complete();
+  void Fail(const std::string& message);
+
+  // Filled by the engine before Complete() for outputs it allocates.
+  std::shared_ptr<HostBuffer> output;
+  std::vector<int64_t> output_shape;
+  std::vector<int64_t> received_splits;  // alltoall: rows received from each rank
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::string error_;
+};
+
+struct Request {
+  TensorSpec spec;
+  const void* input = nullptr;
+  // Caller-provided output of the input's size (allreduce, broadcast); the engine allocates the
+  // output of allgather, reducescatter and alltoall into handle->output instead.
+  void* output = nullptr;
+  std::vector<int64_t> splits;  // alltoall: rows sent to each rank (empty: equal)
+  std::shared_ptr<HandleState> handle;
+};
+
+// Agreed by all ranks of a process set: run `spec`, or fail everybody's request with `error`.
+struct Response {
+  TensorSpec spec;
+  std::string error;  // non-empty: an error response
+};
+
+}  // namespace fusecomm

@@ -1,0 +1,246 @@
+#include "transport/mpi/mpi_comm.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <numeric>
+
+#include "common/errors.h"
+#include "reduce/cpu_reduce.h"
+
+namespace fusecomm {
+
+namespace {
+
+// MPI counts are int: anything larger moves in pieces of at most this many bytes.
+constexpr size_t kMaxMessageBytes = size_t{1} << 30;
+
+// Variable-count collectives take int counts and displacements; beyond that they are not used.
+int CheckedInt(size_t value, const char* what) {
+  if (value > static_cast<size_t>(INT_MAX)) {
+    throw CollectiveError(std::string(what) + " exceeds MPI's 2^31-1 element limit");
+  }
+  return static_cast<int>(value);
+}
+
+class MpiRequests : public CommRequest {
+ public:
+  std::vector<MPI_Request> requests;
+  void Wait() override {
+    if (requests.empty()) return;
+    CheckMpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
+             "MPI_Waitall");
+    requests.clear();
+  }
+  ~MpiRequests() override {
+    // A request abandoned by an exception must still complete before its buffer goes away.
+    if (!requests.empty()) {
+      MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+    }
+  }
+};
+
+// User-defined MPI ops for the types MPI has no native reduction for (fp16, bf16) and for
+// bool semantics. One op per (dtype, ReduceOp), created lazily and never freed.
+template <DataType D, ReduceOp R>
+void MpiUserReduce(void* in, void* inout, int* len, MPI_Datatype*) {
+  CpuReduceInto(inout, in, static_cast<size_t>(*len), D, R);
+}
+
+template <DataType D>
+MPI_Op UserOpFor(ReduceOp op) {
+  static MPI_Op ops[5] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
+  static MPI_User_function* fns[5] = {
+      &MpiUserReduce<D, ReduceOp::kSum>, &MpiUserReduce<D, ReduceOp::kSum>,
+      &MpiUserReduce<D, ReduceOp::kMin>, &MpiUserReduce<D, ReduceOp::kMax>,
+      &MpiUserReduce<D, ReduceOp::kProduct>};
+  int i = static_cast<int>(op);
+  if (ops[i] == MPI_OP_NULL) CheckMpi(MPI_Op_create(fns[i], 1, &ops[i]), "MPI_Op_create");
+  return ops[i];
+}
+
+MPI_Op ToMpiOp(DataType dtype, ReduceOp op) {
+  switch (dtype) {
+    case DataType::kFloat16: return UserOpFor<DataType::kFloat16>(op);
+    case DataType::kBFloat16: return UserOpFor<DataType::kBFloat16>(op);
+    case DataType::kBool: return UserOpFor<DataType::kBool>(op);
+    default: break;
+  }
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAverage: return MPI_SUM;
+    case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kProduct: return MPI_PROD;
+  }
+  throw InvalidArgument("unknown reduce op");
+}
+
+std::vector<int> Displacements(const std::vector<int>& counts) {
+  std::vector<int> displs(counts.size(), 0);
+  size_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    displs[i] = CheckedInt(total, "displacement");
+    total += static_cast<size_t>(counts[i]);
+  }
+  return displs;
+}
+
+std::vector<int> ToIntCounts(const std::vector<size_t>& counts, const char* what) {
+  std::vector<int> out(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) out[i] = CheckedInt(counts[i], what);
+  return out;
+}
+
+}  // namespace
+
+void CheckMpi(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw CollectiveError(std::string(call) + " failed: " + std::string(text, len));
+}
+
+MPI_Datatype ToMpiType(DataType dtype) {
+  switch (dtype) {
+    case DataType::kUInt8: return MPI_UINT8_T;
+    case DataType::kInt8: return MPI_INT8_T;
+    case DataType::kInt32: return MPI_INT32_T;
+    case DataType::kInt64: return MPI_INT64_T;
+    case DataType::kFloat16: return MPI_UINT16_T;   // reduced by a user op
+    case DataType::kBFloat16: return MPI_UINT16_T;  // reduced by a user op
+    case DataType::kFloat32: return MPI_FLOAT;
+    case DataType::kFloat64: return MPI_DOUBLE;
+    case DataType::kBool: return MPI_UINT8_T;       // reduced by a user op
+  }
+  throw InvalidArgument("unknown data type");
+}
+
+MpiComm::MpiComm(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+  CheckMpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  CheckMpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  // Errors come back as return codes so they become exceptions, not aborts.
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+}
+
+MpiComm::~MpiComm() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owned_ && !finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+MemoryOps& MpiComm::memory() { return HostMemory(); }
+
+void MpiComm::Send(const void* buf, size_t bytes, int peer, int tag) {
+  auto req = Isend(buf, bytes, peer, tag);
+  req->Wait();
+}
+
+void MpiComm::Recv(void* buf, size_t bytes, int peer, int tag) {
+  auto req = Irecv(buf, bytes, peer, tag);
+  req->Wait();
+}
+
+void MpiComm::SendRecv(const void* sendbuf, size_t send_bytes, int dst, void* recvbuf,
+                       size_t recv_bytes, int src, int tag) {
+  auto recv = Irecv(recvbuf, recv_bytes, src, tag);
+  auto send = Isend(sendbuf, send_bytes, dst, tag);
+  recv->Wait();
+  send->Wait();
+}
+
+std::unique_ptr<CommRequest> MpiComm::Isend(const void* buf, size_t bytes, int peer, int tag) {
+  auto req = std::make_unique<MpiRequests>();
+  const char* p = static_cast<const char*>(buf);
+  // A zero-byte message is still sent so that the matching receive completes.
+  size_t offset = 0;
+  do {
+    size_t n = std::min(kMaxMessageBytes, bytes - offset);
+    MPI_Request r;
+    CheckMpi(MPI_Isend(p + offset, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r),
+             "MPI_Isend");
+    req->requests.push_back(r);
+    offset += n;
+  } while (offset < bytes);
+  traffic_.messages_sent += 1;
+  traffic_.bytes_sent += bytes;
+  return req;
+}
+
+std::unique_ptr<CommRequest> MpiComm::Irecv(void* buf, size_t bytes, int peer, int tag) {
+  auto req = std::make_unique<MpiRequests>();
+  char* p = static_cast<char*>(buf);
+  size_t offset = 0;
+  do {
+    size_t n = std::min(kMaxMessageBytes, bytes - offset);
+    MPI_Request r;
+    CheckMpi(MPI_Irecv(p + offset, static_cast<int>(n), MPI_BYTE, peer, tag, comm_, &r),
+             "MPI_Irecv");
+    req->requests.push_back(r);
+    offset += n;
+  } while (offset < bytes);
+  return req;
+}
+
+std::unique_ptr<Comm> MpiComm::Split(int color, int key) {
+  MPI_Comm sub = MPI_COMM_NULL;
+  CheckMpi(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), "MPI_Comm_split");
+  if (sub == MPI_COMM_NULL) return nullptr;
+  return std::make_unique<MpiComm>(sub, true);
+}
+
+void MpiComm::NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) {
+  MPI_Datatype type = ToMpiType(dtype);
+  MPI_Op mpi_op = ToMpiOp(dtype, op);
+  size_t elem = DataTypeSize(dtype);
+  size_t max_count = kMaxMessageBytes / elem;
+  char* p = static_cast<char*>(buf);
+  for (size_t offset = 0; offset < count; offset += max_count) {
+    size_t n = std::min(max_count, count - offset);
+    CheckMpi(MPI_Allreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
+                           comm_),
+             "MPI_Allreduce");
+  }
+}
+
+void MpiComm::NativeBroadcast(void* buf, size_t bytes, int root) {
+  char* p = static_cast<char*>(buf);
+  for (size_t offset = 0; offset < bytes; offset += kMaxMessageBytes) {
+    size_t n = std::min(kMaxMessageBytes, bytes - offset);
+    CheckMpi(MPI_Bcast(p + offset, static_cast<int>(n), MPI_BYTE, root, comm_), "MPI_Bcast");
+  }
+}
+
+void MpiComm::NativeAllgatherv(const void* send, size_t send_bytes, void* recv,
+                               const std::vector<size_t>& recv_bytes) {
+  std::vector<int> counts = ToIntCounts(recv_bytes, "allgather block size");
+  std::vector<int> displs = Displacements(counts);
+  CheckMpi(MPI_Allgatherv(send, CheckedInt(send_bytes, "allgather block size"), MPI_BYTE, recv,
+                          counts.data(), displs.data(), MPI_BYTE, comm_),
+           "MPI_Allgatherv");
+}
+
+void MpiComm::NativeAlltoallv(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                              const std::vector<size_t>& recv_bytes) {
+  std::vector<int> scounts = ToIntCounts(send_bytes, "alltoall block size");
+  std::vector<int> rcounts = ToIntCounts(recv_bytes, "alltoall block size");
+  std::vector<int> sdispls = Displacements(scounts);
+  std::vector<int> rdispls = Displacements(rcounts);
+  CheckMpi(MPI_Alltoallv(send, scounts.data(), sdispls.data(), MPI_BYTE, recv, rcounts.data(),
+                         rdispls.data(), MPI_BYTE, comm_),
+           "MPI_Alltoallv");
+}
+
+void MpiComm::NativeReduceScatterv(const void* send, void* recv,
+                                   const std::vector<size_t>& recv_counts, DataType dtype,
+                                   ReduceOp op) {
+  std::vector<int> counts = ToIntCounts(recv_counts, "reducescatter block");
+  CheckMpi(MPI_Reduce_scatter(send, recv, counts.data(), ToMpiType(dtype), ToMpiOp(dtype, op),
+                              comm_),
+           "MPI_Reduce_scatter");
+}
+
+void MpiComm::Barrier() { CheckMpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+}  // namespace fusecomm

@@ -1,0 +1,57 @@
+// Comm over an MPI communicator (host memory).
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transport/comm.h"
+
+namespace fusecomm {
+
+// Throws CollectiveError naming the MPI call and MPI's own error string.
+void CheckMpi(int rc, const char* call);
+MPI_Datatype ToMpiType(DataType dtype);
+
+class MpiComm : public Comm {
+ public:
+  // Takes ownership of `comm` (freed on destruction) when `owned`.
+  MpiComm(MPI_Comm comm, bool owned);
+  ~MpiComm() override;
+  MpiComm(const MpiComm&) = delete;
+  MpiComm& operator=(const MpiComm&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string transport_name() const override { return "mpi"; }
+  MemoryOps& memory() override;
+  MPI_Comm handle() const { return comm_; }
+
+  void Send(const void* buf, size_t bytes, int peer, int tag) override;
+  void Recv(void* buf, size_t bytes, int peer, int tag) override;
+  void SendRecv(const void* sendbuf, size_t send_bytes, int dst, void* recvbuf, size_t recv_bytes,
+                int src, int tag) override;
+  std::unique_ptr<CommRequest> Isend(const void* buf, size_t bytes, int peer, int tag) override;
+  std::unique_ptr<CommRequest> Irecv(void* buf, size_t bytes, int peer, int tag) override;
+  std::unique_ptr<Comm> Split(int color, int key) override;
+
+  void NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) override;
+  void NativeBroadcast(void* buf, size_t bytes, int root) override;
+  void NativeAllgatherv(const void* send, size_t send_bytes, void* recv,
+                        const std::vector<size_t>& recv_bytes) override;
+  void NativeAlltoallv(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                       const std::vector<size_t>& recv_bytes) override;
+  void NativeReduceScatterv(const void* send, void* recv, const std::vector<size_t>& recv_counts,
+                            DataType dtype, ReduceOp op) override;
+  void Barrier() override;
+
+ private:
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace fusecomm

@@ -1,0 +1,138 @@
+#include "transport/mpi/mpi_context.h"
+
+#include <algorithm>
+
+#include "common/errors.h"
+#include "transport/mpi/mpi_comm.h"
+#include "transport/mpi/mpi_control.h"
+
+namespace fusecomm {
+
+namespace {
+bool g_we_initialized = false;
+
+const char* ThreadLevelName(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+    default: return "MPI_THREAD_MULTIPLE";
+  }
+}
+
+MPI_Comm Dup(MPI_Comm comm) {
+  MPI_Comm out;
+  CheckMpi(MPI_Comm_dup(comm, &out), "MPI_Comm_dup");
+  return out;
+}
+
+Topology BuildTopology(MpiComm& global, const Config& config) {
+  Topology topo;
+  const int rank = global.rank(), size = global.size();
+  // Node of each rank: consecutive virtual nodes of FUSECOMM_LOCAL_SIZE ranks, or the real
+  // shared-memory node (identified by its lowest global rank).
+  int node_id;
+  if (config.local_size > 0) {
+    node_id = rank / config.local_size;
+  } else {
+    MPI_Comm shared;
+    CheckMpi(MPI_Comm_split_type(global.handle(), MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL,
+                                 &shared),
+             "MPI_Comm_split_type");
+    MpiComm node(shared, true);
+    node_id = rank;
+    node.NativeAllreduce(&node_id, 1, DataType::kInt32, ReduceOp::kMin);
+  }
+  topo.local = global.Split(node_id, rank);
+  topo.cross = global.Split(topo.local->rank(), rank);
+  std::vector<int> node_of(size);
+  global.NativeAllgatherv(&node_id, sizeof(int), node_of.data(),
+                          std::vector<size_t>(size, sizeof(int)));
+  std::vector<int> ids = node_of;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (int id : ids) {
+    topo.node_sizes.push_back(static_cast<int>(std::count(node_of.begin(), node_of.end(), id)));
+  }
+  topo.homogeneous = std::all_of(topo.node_sizes.begin(), topo.node_sizes.end(),
+                                 [&](int s) { return s == topo.node_sizes[0]; });
+  // Torus rows are FUSECOMM_TORUS_X consecutive ranks (default: ranks per node).
+  topo.torus_x = std::max(1, std::min(size, config.torus_x > 0 ? config.torus_x
+                                                               : topo.local->size()));
+  topo.torus_row = global.Split(rank / topo.torus_x, rank);
+  topo.torus_col = global.Split(rank % topo.torus_x, rank);
+  return topo;
+}
+
+}  // namespace
+
+void EnsureMpiInitialized() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (finalized) throw NotInitialized("MPI has already been finalized in this process");
+  if (!initialized) {
+    int provided = 0;
+    CheckMpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided),
+             "MPI_Init_thread");
+    g_we_initialized = true;
+    if (provided < MPI_THREAD_MULTIPLE) {
+      throw NotInitialized(std::string("this MPI provides only ") + ThreadLevelName(provided) +
+                           "; fusecomm needs MPI_THREAD_MULTIPLE");
+    }
+    return;
+  }
+  int provided = 0;
+  MPI_Query_thread(&provided);
+  if (provided < MPI_THREAD_MULTIPLE) {
+    throw NotInitialized(std::string("MPI was initialized with ") + ThreadLevelName(provided) +
+                         "; fusecomm's engine thread needs MPI_THREAD_MULTIPLE (with mpi4py, "
+                         "leave mpi4py.rc.thread_level at its default 'multiple')");
+  }
+}
+
+void FinalizeMpiIfOwned() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (g_we_initialized && !finalized) MPI_Finalize();
+}
+
+std::string MpiLibraryVersion() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(text, &len);
+  std::string s(text, len);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
+  if (ranks.empty()) return Dup(base);
+  int world_size = 0;
+  MPI_Comm_size(base, &world_size);
+  for (int r : ranks) {
+    if (r < 0 || r >= world_size) {
+      throw InvalidArgument("rank " + std::to_string(r) + " is not in MPI_COMM_WORLD of size " +
+                            std::to_string(world_size));
+    }
+  }
+  MPI_Group world_group, group;
+  CheckMpi(MPI_Comm_group(base, &world_group), "MPI_Comm_group");
+  CheckMpi(MPI_Group_incl(world_group, static_cast<int>(ranks.size()), ranks.data(), &group),
+           "MPI_Group_incl");
+  MPI_Comm out;
+  CheckMpi(MPI_Comm_create(base, group, &out), "MPI_Comm_create");
+  MPI_Group_free(&group);
+  MPI_Group_free(&world_group);
+  return out;  // MPI_COMM_NULL on ranks outside `ranks`
+}
+
+std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config) {
+  auto control = std::make_unique<MpiControlChannel>(Dup(comm));
+  auto data = std::make_unique<MpiComm>(Dup(comm), true);
+  Topology topo = BuildTopology(*data, config);
+  return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
+                                            std::move(topo), config);
+}
+
+}  // namespace fusecomm

@@ -1,0 +1,101 @@
+#include "transport/mpi/mpi_control.h"
+
+#include <chrono>
+#include <climits>
+#include <thread>
+
+#include "common/errors.h"
+#include "transport/mpi/mpi_comm.h"
+
+namespace fusecomm {
+
+void WaitWithBackoff(MPI_Request* request, const char* call) {
+  // Spinning keeps a small collective at a few microseconds; after that the thread sleeps so an
+  // oversubscribed or busy rank gets the core back.
+  constexpr int kSpinIterations = 2000;
+  int flag = 0;
+  for (int i = 0; i < kSpinIterations; ++i) {
+    CheckMpi(MPI_Test(request, &flag, MPI_STATUS_IGNORE), call);
+    if (flag) return;
+  }
+  auto sleep = std::chrono::microseconds(5);
+  while (true) {
+    CheckMpi(MPI_Test(request, &flag, MPI_STATUS_IGNORE), call);
+    if (flag) return;
+    std::this_thread::sleep_for(sleep);
+    if (sleep < std::chrono::microseconds(1000)) sleep *= 2;
+  }
+}
+
+MpiControlChannel::MpiControlChannel(MPI_Comm comm) : comm_(comm) {
+  CheckMpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  CheckMpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+}
+
+MpiControlChannel::~MpiControlChannel() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void MpiControlChannel::AllreduceBitwiseAnd(std::vector<uint64_t>& words) {
+  MPI_Request req;
+  CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, words.data(), static_cast<int>(words.size()),
+                          MPI_UINT64_T, MPI_BAND, comm_, &req),
+           "MPI_Iallreduce");
+  WaitWithBackoff(&req, "MPI_Iallreduce");
+}
+
+std::vector<std::vector<char>> MpiControlChannel::GatherToRoot(const std::vector<char>& mine) {
+  int my_size = static_cast<int>(mine.size());
+  std::vector<int> sizes(rank_ == 0 ? size_ : 0);
+  MPI_Request req;
+  CheckMpi(MPI_Igather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, comm_, &req),
+           "MPI_Igather");
+  WaitWithBackoff(&req, "MPI_Igather");
+  std::vector<int> displs;
+  std::vector<char> all;
+  if (rank_ == 0) {
+    displs.resize(size_);
+    long long total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = static_cast<int>(total);
+      total += sizes[r];
+    }
+    if (total > INT_MAX) throw CollectiveError("negotiation message exceeds 2 GiB");
+    all.resize(static_cast<size_t>(total));
+  }
+  CheckMpi(MPI_Igatherv(mine.data(), my_size, MPI_BYTE, all.data(), sizes.data(), displs.data(),
+                        MPI_BYTE, 0, comm_, &req),
+           "MPI_Igatherv");
+  WaitWithBackoff(&req, "MPI_Igatherv");
+  std::vector<std::vector<char>> out;
+  if (rank_ == 0) {
+    for (int r = 0; r < size_; ++r) {
+      out.emplace_back(all.begin() + displs[r], all.begin() + displs[r] + sizes[r]);
+    }
+  }
+  return out;
+}
+
+void MpiControlChannel::BroadcastFromRoot(std::vector<char>& bytes) {
+  long long n = static_cast<long long>(bytes.size());
+  MPI_Request req;
+  CheckMpi(MPI_Ibcast(&n, 1, MPI_LONG_LONG, 0, comm_, &req), "MPI_Ibcast");
+  WaitWithBackoff(&req, "MPI_Ibcast");
+  if (n > INT_MAX) throw CollectiveError("negotiation message exceeds 2 GiB");
+  bytes.resize(static_cast<size_t>(n));
+  CheckMpi(MPI_Ibcast(bytes.data(), static_cast<int>(n), MPI_BYTE, 0, comm_, &req), "MPI_Ibcast");
+  WaitWithBackoff(&req, "MPI_Ibcast");
+}
+
+int64_t MpiControlChannel::AllreduceMin(int64_t value) {
+  MPI_Request req;
+  CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_INT64_T, MPI_MIN, comm_, &req),
+           "MPI_Iallreduce");
+  WaitWithBackoff(&req, "MPI_Iallreduce");
+  return value;
+}
+
+}  // namespace fusecomm

@@ -1,0 +1,31 @@
+// ControlChannel over its own MPI communicator. Waits poll with back-off instead of blocking in
+// MPI, so an idle engine thread does not spin a core that training needs.
+#pragma once
+
+#include <mpi.h>
+
+#include "engine/control_channel.h"
+
+namespace fusecomm {
+
+class MpiControlChannel : public ControlChannel {
+ public:
+  explicit MpiControlChannel(MPI_Comm comm);  // takes ownership
+  ~MpiControlChannel() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void AllreduceBitwiseAnd(std::vector<uint64_t>& words) override;
+  std::vector<std::vector<char>> GatherToRoot(const std::vector<char>& mine) override;
+  void BroadcastFromRoot(std::vector<char>& bytes) override;
+  int64_t AllreduceMin(int64_t value) override;
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+// Completes `request`, spinning briefly and then sleeping in growing steps (up to 1 ms).
+void WaitWithBackoff(MPI_Request* request, const char* call);
+
+}  // namespace fusecomm

@@ -1,0 +1,121 @@
+"""The bridge every frontend uses to reach the C++ engine: codes, names, submission and handles.
+
+Frontends pass raw data pointers; this module keeps the objects those pointers belong to alive
+until the handle is synchronized, so the engine never reads freed memory.
+"""
+import itertools
+import threading
+
+from fusecomm import _core
+
+# Operation codes (csrc/common/types.h: OpType).
+ALLREDUCE, ALLGATHER, BROADCAST, REDUCESCATTER, ALLTOALL, BARRIER = range(6)
+OP_NAMES = {ALLREDUCE: "allreduce", ALLGATHER: "allgather", BROADCAST: "broadcast",
+            REDUCESCATTER: "reducescatter", ALLTOALL: "alltoall", BARRIER: "barrier"}
+
+# Element type codes (csrc/common/types.h: DataType), keyed by the dtype's name.
+DTYPE_CODES = {"uint8": 0, "int8": 1, "int32": 2, "int64": 3, "float16": 4, "bfloat16": 5,
+               "float32": 6, "float64": 7, "bool": 8}
+SUPPORTED_DTYPES = ", ".join(DTYPE_CODES)
+
+# Reduce ops (csrc/common/types.h: ReduceOp); Horovod exposes them as integers too.
+Sum, Average, Min, Max, Product = 0, 1, 2, 3, 4
+Adasum = 5  # accepted as a name so scripts import; using it raises NotImplementedError
+_OP_LABELS = {Sum: "Sum", Average: "Average", Min: "Min", Max: "Max", Product: "Product"}
+
+_lock = threading.Lock()
+_handles = {}  # handle id -> (objects kept alive, finisher(result tuple) -> value)
+_name_counters = {}
+
+
+def dtype_code(dtype_name):
+    code = DTYPE_CODES.get(str(dtype_name))
+    if code is None:
+        raise TypeError(f"fusecomm does not support dtype {dtype_name}; supported: {SUPPORTED_DTYPES}")
+    return code
+
+
+def resolve_op(op, average=None, default=Average):
+    """Horovod's rules: `average` is deprecated in favour of `op`; both at once is an error."""
+    if op is not None and average is not None:
+        raise ValueError("pass either op= or the deprecated average=, not both")
+    if average is not None:
+        return Average if average else Sum
+    if op is None:
+        return default
+    if op == Adasum:
+        raise NotImplementedError("Adasum is not implemented in fusecomm yet; use Average or Sum")
+    if op not in _OP_LABELS:
+        raise ValueError(f"unknown reduce op {op!r}; use Sum, Average, Min, Max or Product")
+    return int(op)
+
+
+def auto_name(op_type, name):
+    """Unnamed collectives get a per-operation counter, so ranks calling in the same order agree."""
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty")
+        return name
+    with _lock:
+        n = _name_counters.get(op_type, 0)
+        _name_counters[op_type] = n + 1
+    return f"{OP_NAMES[op_type]}.noname.{n}"
+
+
+def check_scale(factor, what):
+    try:
+        value = float(factor)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, not {type(factor).__name__}") from None
+    return value
+
+
+def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finisher, *,
+           op=Sum, prescale=1.0, postscale=1.0, root=0, device=-1, algorithm=None,
+           splits=None, process_set_id=0):
+    """Queues one collective; returns its handle. `finisher(result)` turns the engine's result
+    tuple (uint8 array or None, shape, received splits) into what synchronize returns."""
+    if algorithm is None:
+        algorithm = "auto"
+    elif not isinstance(algorithm, str):
+        raise TypeError("algorithm must be a string such as 'ring' or 'mpi'")
+    handle = _core.enqueue(op_type, name, dtype, [int(d) for d in shape], input_ptr, output_ptr,
+                           int(op), prescale, postscale, int(root), int(device), algorithm,
+                           [int(s) for s in (splits or [])], int(process_set_id))
+    with _lock:
+        _handles[handle] = (keep_alive, finisher)
+    return handle
+
+
+def _entry(handle):
+    with _lock:
+        entry = _handles.get(handle)
+    if entry is None:
+        raise ValueError(f"unknown handle {handle!r}: already synchronized or never returned "
+                         "by an *_async call")
+    return entry
+
+
+def poll(handle):
+    """True when the operation behind `handle` has finished (it may still have failed)."""
+    _entry(handle)
+    return _core.poll(handle)
+
+
+def synchronize(handle):
+    """Waits for `handle` and returns its result; raises CollectiveError if it failed."""
+    _, finisher = _entry(handle)
+    try:
+        _core.wait(handle)  # releases the GIL while waiting
+        return finisher(_core.take_result(handle))
+    finally:
+        with _lock:
+            _handles.pop(handle, None)
+
+
+def forget_all_handles():
+    with _lock:
+        _handles.clear()
+        _name_counters.clear()

@@ -1,0 +1,247 @@
+"""Collectives on NumPy arrays and on anything NumPy can view without copying (the buffer
+protocol, __array_interface__, or DLPack on the CPU)."""
+import pickle
+
+import numpy as np
+
+from fusecomm import _engine
+from fusecomm._engine import ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, REDUCESCATTER
+from fusecomm._engine import Average, Sum
+from fusecomm.basics import global_process_set, process_set_id
+
+
+def _as_array(tensor, what="tensor"):
+    if isinstance(tensor, np.ndarray):
+        array = tensor
+    elif hasattr(tensor, "__dlpack__") and not hasattr(tensor, "__array_interface__"):
+        try:
+            array = np.from_dlpack(tensor)
+        except (BufferError, TypeError, RuntimeError) as e:
+            raise TypeError(f"{what} cannot be read on the CPU through DLPack: {e}") from None
+    else:
+        try:
+            array = np.asarray(tensor)
+        except Exception as e:  # noqa: BLE001 - anything NumPy refuses is a type error here
+            raise TypeError(f"{what} must be an array, not {type(tensor).__name__}: {e}") from None
+    if array.dtype == object or array.dtype.kind in "USVO":
+        raise TypeError(f"{what} must be a numeric array, not {type(tensor).__name__} "
+                        f"with dtype {array.dtype}")
+    _engine.dtype_code(array.dtype.name)
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
+    return array
+
+
+def _writable(array, what="tensor"):
+    if not array.flags.writeable:
+        raise ValueError(f"{what} is read-only; an in-place collective needs a writable array")
+    return array
+
+
+def _ptr(array):
+    return array.__array_interface__["data"][0] if array.size else 0
+
+
+def _engine_output(dtype):
+    """Finisher for outputs the engine allocates (allgather, reducescatter, alltoall)."""
+
+    def finish(result):
+        data, shape, splits = result
+        out = (data if data is not None else np.empty(0, np.uint8)).view(dtype).reshape(shape)
+        return out, np.asarray(splits, dtype=np.int32)
+
+    return finish
+
+
+def _submit(op_type, array, output, name, finisher, **kwargs):
+    ps = kwargs.pop("process_set", global_process_set)
+    return _engine.submit(op_type, _engine.auto_name(op_type, name),
+                          _engine.dtype_code(array.dtype.name), array.shape, _ptr(array),
+                          _ptr(output) if output is not None else 0, (array, output), finisher,
+                          process_set_id=process_set_id(ps), **kwargs)
+
+
+def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,
+                    postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    array = _as_array(tensor)
+    output = np.empty_like(array)
+    return _allreduce_into(array, output, average, name, op, prescale_factor, postscale_factor,
+                           process_set, algorithm)
+
+
+def _allreduce_into(array, output, average, name, op, prescale_factor, postscale_factor,
+                    process_set, algorithm):
+    op = _engine.resolve_op(op, average)
+    return _submit(ALLREDUCE, array, output, name, lambda result: output, op=op,
+                   prescale=_engine.check_scale(prescale_factor, "prescale_factor"),
+                   postscale=_engine.check_scale(postscale_factor, "postscale_factor"),
+                   algorithm=algorithm, process_set=process_set)
+
+
+def allreduce(tensor, average=None, name=None, op=None, prescale_factor=1.0,
+              postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    """Reduces `tensor` over all ranks of the process set (default op: Average) and returns
+    the result as a new array of the same shape and dtype."""
+    return synchronize(allreduce_async(tensor, average, name, op, prescale_factor,
+                                       postscale_factor, process_set, algorithm))
+
+
+def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
+                     postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    array = _writable(_as_array(tensor))
+    return _allreduce_into(array, array, average, name, op, prescale_factor, postscale_factor,
+                           process_set, algorithm)
+
+
+def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
+               postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    """In-place allreduce: the result replaces `tensor`'s contents."""
+    return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor,
+                                        postscale_factor, process_set, algorithm))
+
+
+def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
+                            postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    """Submits every tensor before waiting on any, so the engine fuses them."""
+    tensors = list(tensors)
+    base = _engine.auto_name(ALLREDUCE, name)
+    return [allreduce_async(t, average, f"{base}.{i}", op, prescale_factor, postscale_factor,
+                            process_set, algorithm) for i, t in enumerate(tensors)]
+
+
+def grouped_allreduce(tensors, average=None, name=None, op=None, prescale_factor=1.0,
+                      postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    handles = grouped_allreduce_async(tensors, average, name, op, prescale_factor,
+                                      postscale_factor, process_set, algorithm)
+    return [synchronize(h) for h in handles]
+
+
+def allgather_async(tensor, name=None, process_set=global_process_set):
+    array = _as_array(tensor)
+    if array.ndim == 0:
+        raise ValueError("allgather needs a tensor with at least one dimension")
+    finish = _engine_output(array.dtype)
+    return _submit(ALLGATHER, array, None, name, lambda r: finish(r)[0], process_set=process_set)
+
+
+def allgather(tensor, name=None, process_set=global_process_set):
+    """Concatenates every rank's tensor along the first dimension (which may differ by rank)."""
+    return synchronize(allgather_async(tensor, name, process_set))
+
+
+def grouped_allgather(tensors, name=None, process_set=global_process_set):
+    base = _engine.auto_name(ALLGATHER, name)
+    handles = [allgather_async(t, f"{base}.{i}", process_set) for i, t in enumerate(tensors)]
+    return [synchronize(h) for h in handles]
+
+
+def _broadcast_into(array, output, root_rank, name, process_set):
+    return _submit(BROADCAST, array, output, name, lambda result: output, root=int(root_rank),
+                   process_set=process_set)
+
+
+def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
+    array = _as_array(tensor)
+    return _broadcast_into(array, np.empty_like(array), root_rank, name, process_set)
+
+
+def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
+    """Returns root_rank's tensor on every rank."""
+    return synchronize(broadcast_async(tensor, root_rank, name, process_set))
+
+
+def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set):
+    array = _writable(_as_array(tensor))
+    return _broadcast_into(array, array, root_rank, name, process_set)
+
+
+def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
+    """In-place broadcast: `tensor` takes root_rank's values."""
+    return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
+
+
+def reducescatter_async(tensor, name=None, op=Average, process_set=global_process_set,
+                        prescale_factor=1.0, postscale_factor=1.0):
+    array = _as_array(tensor)
+    if array.ndim == 0:
+        raise ValueError("reducescatter needs a tensor with at least one dimension")
+    op = _engine.resolve_op(op)
+    finish = _engine_output(array.dtype)
+    return _submit(REDUCESCATTER, array, None, name, lambda r: finish(r)[0], op=op,
+                   prescale=_engine.check_scale(prescale_factor, "prescale_factor"),
+                   postscale=_engine.check_scale(postscale_factor, "postscale_factor"),
+                   process_set=process_set)
+
+
+def reducescatter(tensor, name=None, op=Average, process_set=global_process_set,
+                  prescale_factor=1.0, postscale_factor=1.0):
+    """Reduces over ranks and leaves each rank a slice of the first dimension (the first
+    dim % size ranks get one extra row)."""
+    return synchronize(reducescatter_async(tensor, name, op, process_set, prescale_factor,
+                                           postscale_factor))
+
+
+def grouped_reducescatter(tensors, name=None, op=Average, process_set=global_process_set,
+                          prescale_factor=1.0, postscale_factor=1.0):
+    base = _engine.auto_name(REDUCESCATTER, name)
+    handles = [reducescatter_async(t, f"{base}.{i}", op, process_set, prescale_factor,
+                                   postscale_factor) for i, t in enumerate(tensors)]
+    return [synchronize(h) for h in handles]
+
+
+def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):
+    array = _as_array(tensor)
+    if array.ndim == 0:
+        raise ValueError("alltoall needs a tensor with at least one dimension")
+    split_list = None
+    if splits is not None:
+        split_array = np.asarray(splits)
+        if split_array.ndim != 1 or split_array.dtype.kind not in "iu":
+            raise TypeError("splits must be a 1-D sequence of integers")
+        split_list = [int(s) for s in split_array]
+    finish = _engine_output(array.dtype)
+    return _submit(ALLTOALL, array, None, name, finish, splits=split_list,
+                   process_set=process_set)
+
+
+def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
+    """Sends splits[i] rows (default: equal parts) of `tensor` to rank i. Returns the rows
+    received, concatenated in rank order, and how many came from each rank."""
+    return synchronize(alltoall_async(tensor, splits, name, process_set))
+
+
+def barrier(process_set=global_process_set):
+    """Returns once every rank of the process set has called barrier()."""
+    empty = np.empty(0, np.uint8)
+    synchronize(_submit(BARRIER, empty, None, None, lambda r: None, process_set=process_set))
+
+
+def poll(handle):
+    return _engine.poll(handle)
+
+
+def synchronize(handle):
+    return _engine.synchronize(handle)
+
+
+def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
+    """Pickles `obj` on root_rank and returns it, unpickled, on every rank."""
+    name = name or type(obj).__name__
+    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    length = broadcast(np.array([payload.size], dtype=np.int64), root_rank,
+                       name=f"broadcast_object.{name}.size", process_set=process_set)
+    buffer = payload if payload.size == length[0] else np.zeros(int(length[0]), np.uint8)
+    data = broadcast(buffer, root_rank, name=f"broadcast_object.{name}.data",
+                     process_set=process_set)
+    return pickle.loads(data.tobytes())
+
+
+def allgather_object(obj, name=None, process_set=global_process_set):
+    """Returns the list of every rank's `obj`, in rank order."""
+    name = name or type(obj).__name__
+    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = allgather(np.array([payload.size], dtype=np.int64),
+                      name=f"allgather_object.{name}.size", process_set=process_set)
+    data = allgather(payload, name=f"allgather_object.{name}.data", process_set=process_set)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return [pickle.loads(data[offsets[i]:offsets[i + 1]].tobytes()) for i in range(len(sizes))]

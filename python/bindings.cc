@@ -1,0 +1,136 @@
+// pybind11 bindings: fusecomm._core. Thin by design: argument conversion, GIL handling and
+// exception mapping only; all logic lives in csrc/ (C++) or fusecomm/ (Python).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "engine/engine.h"
+#include "transport/mpi/mpi_context.h"
+
+namespace py = pybind11;
+using namespace fusecomm;
+
+namespace {
+
+int64_t Enqueue(int op_type, const std::string& name, int dtype, std::vector<int64_t> shape,
+                uintptr_t input, uintptr_t output, int reduce_op, double prescale,
+                double postscale, int root, int device, const std::string& algorithm,
+                std::vector<int64_t> splits, int process_set) {
+  if (op_type < 0 || op_type > static_cast<int>(OpType::kBarrier)) {
+    throw InvalidArgument("unknown operation code " + std::to_string(op_type));
+  }
+  CheckDataType(dtype);
+  CheckReduceOp(reduce_op);
+  Request request;
+  request.spec.name = name;
+  request.spec.op_type = static_cast<OpType>(op_type);
+  request.spec.dtype = static_cast<DataType>(dtype);
+  request.spec.reduce_op = static_cast<ReduceOp>(reduce_op);
+  request.spec.shape = std::move(shape);
+  request.spec.root = root;
+  request.spec.prescale = prescale;
+  request.spec.postscale = postscale;
+  request.spec.device = device;
+  request.spec.algorithm = ParseAllreduceAlgorithm(algorithm);
+  request.input = reinterpret_cast<const void*>(input);
+  request.output = reinterpret_cast<void*>(output);
+  request.splits = std::move(splits);
+  return Engine::Get().Submit(process_set, std::move(request));
+}
+
+// The engine-allocated output of a finished handle as (uint8 array or None, shape, splits).
+// The array shares the engine's buffer; the capsule keeps it alive.
+py::tuple TakeResult(int64_t id) {
+  auto handle = Engine::Get().GetHandle(id);
+  Engine::Get().ReleaseHandle(id);
+  py::object array = py::none();
+  if (handle->output) {
+    auto* keep = new std::shared_ptr<HostBuffer>(handle->output);
+    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<HostBuffer>*>(p); });
+    array = py::array_t<uint8_t>({static_cast<py::ssize_t>(handle->output->bytes)},
+                                 static_cast<uint8_t*>(handle->output->data.get()), owner);
+  }
+  return py::make_tuple(array, handle->output_shape, handle->received_splits);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fusecomm core engine (C++)";
+  static py::exception<CollectiveError> collective_error(m, "CollectiveError", PyExc_RuntimeError);
+  static py::exception<NotInitialized> not_initialized(m, "NotInitializedError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const CollectiveError& e) {
+      py::set_error(collective_error, e.what());
+    } catch (const NotInitialized& e) {
+      py::set_error(not_initialized, e.what());
+    } catch (const InvalidArgument& e) {
+      py::set_error(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("init", [](uintptr_t comm_address, const std::vector<int>& ranks) {
+    Engine::Get().Init(reinterpret_cast<const void*>(comm_address), ranks);
+  }, py::arg("comm_address") = 0, py::arg("ranks") = std::vector<int>{},
+     py::call_guard<py::gil_scoped_release>());
+  m.def("shutdown", [] { Engine::Get().Shutdown(); }, py::call_guard<py::gil_scoped_release>());
+  m.def("finalize_mpi", &FinalizeMpiIfOwned, py::call_guard<py::gil_scoped_release>());
+  m.def("is_initialized", [] { return Engine::Get().initialized(); });
+  m.def("rank", [] { return Engine::Get().rank(); });
+  m.def("size", [] { return Engine::Get().size(); });
+  m.def("local_rank", [] { return Engine::Get().local_rank(); });
+  m.def("local_size", [] { return Engine::Get().local_size(); });
+  m.def("cross_rank", [] { return Engine::Get().cross_rank(); });
+  m.def("cross_size", [] { return Engine::Get().cross_size(); });
+  m.def("is_homogeneous", [] { return Engine::Get().is_homogeneous(); });
+  m.def("add_process_set", [](const std::vector<int>& ranks) {
+    return Engine::Get().AddProcessSet(ranks);
+  }, py::call_guard<py::gil_scoped_release>());
+  m.def("remove_process_set", [](int id) { Engine::Get().RemoveProcessSet(id); },
+        py::call_guard<py::gil_scoped_release>());
+  m.def("process_set_ranks", [](int id) { return Engine::Get().ProcessSetRanks(id); });
+  m.def("process_set_ids", [] { return Engine::Get().ProcessSetIds(); });
+  m.def("process_set_rank", [](int id) { return Engine::Get().ProcessSetRank(id); });
+  m.def("enqueue", &Enqueue, py::arg("op_type"), py::arg("name"), py::arg("dtype"),
+        py::arg("shape"), py::arg("input"), py::arg("output"), py::arg("reduce_op"),
+        py::arg("prescale"), py::arg("postscale"), py::arg("root"), py::arg("device"),
+        py::arg("algorithm"), py::arg("splits"), py::arg("process_set"));
+  m.def("poll", [](int64_t id) { return Engine::Get().GetHandle(id)->Done(); });
+  m.def("wait", [](int64_t id) {
+    auto handle = Engine::Get().GetHandle(id);
+    try {
+      handle->Wait();
+    } catch (...) {
+      Engine::Get().ReleaseHandle(id);
+      throw;
+    }
+  }, py::call_guard<py::gil_scoped_release>());
+  m.def("take_result", &TakeResult);
+  m.def("release", [](int64_t id) { Engine::Get().ReleaseHandle(id); });
+  m.def("build_info", [] {
+    BuildInfo info = GetBuildInfo();
+    py::dict d;
+    d["mpi_version"] = info.mpi_version;
+    d["cuda"] = info.cuda;
+    d["nccl"] = info.nccl;
+    return d;
+  });
+  m.def("config", [] {
+    const Config& c = Engine::Get().config();
+    py::dict d;
+    d["cycle_time_ms"] = c.cycle_time_ms;
+    d["fusion_threshold_bytes"] = c.fusion_threshold_bytes;
+    d["cache_capacity"] = c.cache_capacity;
+    d["allreduce_algorithm"] = std::string(AllreduceAlgorithmName(c.allreduce_algorithm));
+    d["local_size"] = c.local_size;
+    d["torus_x"] = c.torus_x;
+    return d;
+  });
+}
