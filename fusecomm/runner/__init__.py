@@ -1,0 +1,1 @@
+"""The `fusecomm` command: run (wraps mpirun), check-build, bench."""

@@ -1,0 +1,185 @@
+"""`fusecomm bench allreduce`: all-reduce bandwidth of fusecomm's engine and of MPI_Allreduce
+(through mpi4py) in the same run, with nccl-tests' columns.
+
+The launcher side starts this module on N ranks through `fusecomm run`; the worker side
+(`--worker`) measures, checks every result, and rank 0 prints the table and writes JSON lines
+and a plot."""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+              "G": 1 << 30, "GB": 1 << 30}
+
+
+def parse_size(text):
+    text = str(text).strip().upper()
+    digits = text.rstrip("BKMG")
+    unit = text[len(digits):]
+    if unit not in SIZE_UNITS or not digits:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 8, 64K, 256M)")
+    return int(float(digits) * SIZE_UNITS[unit])
+
+
+def add_arguments(parser):
+    parser.add_argument("what", choices=["allreduce"], help="which benchmark")
+    parser.add_argument("-np", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("-b", "--min-bytes", type=parse_size, default=8)
+    parser.add_argument("-e", "--max-bytes", type=parse_size, default=256 << 20)
+    parser.add_argument("-f", "--step-factor", type=int, default=2)
+    parser.add_argument("--algorithms", default="ring,mpi,auto",
+                        help="engine algorithms, comma-separated (ring, rhd, hierarchical, "
+                             "hierarchical_scatter, torus2d, mpi, auto)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the MPI_Allreduce-through-mpi4py reference")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--local-size", type=int, help="virtual node size (FUSECOMM_LOCAL_SIZE)")
+    parser.add_argument("--json", help="write one JSON line per row here")
+    parser.add_argument("--plot", help="write a busbw-vs-size PNG here")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+
+
+def run(args):
+    """Launcher side: re-runs this module as the worker on args.np ranks."""
+    from fusecomm.runner import cli
+
+    worker = [sys.executable, "-m", "fusecomm.runner.bench", "--worker"] + sys.argv[
+        sys.argv.index(args.what):] if args.what in sys.argv else []
+    if not worker:
+        worker = [sys.executable, "-m", "fusecomm.runner.bench", "--worker", args.what,
+                  "-np", str(args.np)]
+    launch = ["run", "-np", str(args.np)]
+    if args.local_size:
+        launch += ["--local-size", str(args.local_size)]
+    return cli.main(launch + ["--"] + worker)
+
+
+def _iterations(nbytes, quick):
+    budget = (16 << 20) if quick else (64 << 20)
+    return max(3, min(200 if quick else 500, budget // max(nbytes, 1)))
+
+
+def _time_loop(step, reset, iters, comm_max):
+    """Median seconds of one `step` (reset outside the timed region), max over ranks."""
+    import numpy as np
+
+    times = []
+    for i in range(iters + 2):
+        reset()
+        t0 = time.perf_counter()
+        step()
+        dt = time.perf_counter() - t0
+        if i >= 2:  # two warm-up iterations
+            times.append(dt)
+    return comm_max(float(np.median(times)))
+
+
+def worker(argv):
+    import numpy as np
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    import fusecomm
+
+    fusecomm.init()
+    rank, n = fusecomm.rank(), fusecomm.size()
+    dtype = np.dtype(args.dtype)
+    algorithms = [a for a in args.algorithms.split(",") if a]
+
+    def comm_max(x):
+        return float(fusecomm.allreduce(np.array([x]), op=fusecomm.Max, name="bench.max")[0])
+
+    peer = None
+    if not args.no_peer:
+        try:
+            from mpi4py import MPI
+
+            peer = MPI.COMM_WORLD
+        except ImportError:
+            if rank == 0:
+                print("mpi4py is not installed: skipping the MPI_Allreduce reference",
+                      file=sys.stderr)
+    sizes = []
+    size = args.min_bytes
+    while size <= args.max_bytes:
+        sizes.append(size)
+        size *= args.step_factor
+    rows = []
+    expected_value = n * (n + 1) // 2
+    for nbytes in sizes:
+        count = max(nbytes // dtype.itemsize, 1)
+        buf = np.empty(count, dtype)
+        mine = np.full(count, rank + 1, dtype)
+
+        def reset():
+            np.copyto(buf, mine)
+
+        impls = [(f"fusecomm:{a}", (lambda a=a: fusecomm.allreduce_(
+            buf, op=fusecomm.Sum, name="bench", algorithm=a))) for a in algorithms]
+        if peer is not None:
+            impls.append(("MPI_Allreduce", lambda: peer.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)))
+        for label, step in impls:
+            seconds = _time_loop(step, reset, _iterations(count * dtype.itemsize, args.quick),
+                                 comm_max)
+            wrong = int(np.count_nonzero(buf != expected_value))
+            wrong = int(fusecomm.allreduce(np.array([wrong]), op=fusecomm.Sum, name="bench.wrong")[0])
+            algbw = count * dtype.itemsize / seconds / 1e9
+            row = {"impl": label, "ranks": n, "size": count * dtype.itemsize, "count": count,
+                   "type": dtype.name, "redop": "sum", "root": -1, "time_us": seconds * 1e6,
+                   "algbw": algbw, "busbw": algbw * 2 * (n - 1) / n, "wrong": wrong,
+                   "local_size": fusecomm.local_size()}
+            rows.append(row)
+            if rank == 0:
+                print(format_row(row), flush=True) if len(rows) > 1 else print(
+                    header() + "\n" + format_row(row), flush=True)
+    if rank == 0:
+        if args.json:
+            with open(args.json, "a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+        if args.plot:
+            plot(rows, args.plot)
+        failed = sum(r["wrong"] for r in rows)
+        print(f"# {len(rows)} rows, {failed} wrong elements in total", flush=True)
+    fusecomm.shutdown()
+    return 0
+
+
+def header():
+    return (f"{'impl':<24}{'size(B)':>12}{'count':>12}{'type':>9}{'redop':>6}{'root':>5}"
+            f"{'time(us)':>12}{'algbw':>9}{'busbw':>9}{'#wrong':>8}")
+
+
+def format_row(r):
+    return (f"{r['impl']:<24}{r['size']:>12}{r['count']:>12}{r['type']:>9}{r['redop']:>6}"
+            f"{r['root']:>5}{r['time_us']:>12.1f}{r['algbw']:>9.3f}{r['busbw']:>9.3f}"
+            f"{r['wrong']:>8}")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        pts = [r for r in rows if r["impl"] == impl]
+        ax.plot([p["size"] for p in pts], [p["busbw"] for p in pts], marker="o", label=impl)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("busbw (GB/s)")
+    ax.set_title(f"all-reduce, {rows[0]['ranks']} ranks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        sys.exit(worker(sys.argv[2:]))
+    sys.exit("run through `fusecomm bench allreduce`")

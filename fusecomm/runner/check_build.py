@@ -1,0 +1,49 @@
+"""`fusecomm check-build`: what this copy of fusecomm was built with."""
+import importlib.metadata
+import importlib.util
+
+import fusecomm
+from fusecomm import _core
+
+
+def _framework_version(module, dist):
+    if importlib.util.find_spec(module) is None:
+        return None
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def report():
+    info = _core.build_info()
+    try:
+        from fusecomm import _build_config
+
+        mpicc, mpiexec = _build_config.MPI_C_COMPILER, _build_config.MPIEXEC
+    except ImportError:
+        mpicc = mpiexec = "unknown"
+    torch_version = _framework_version("torch", "torch")
+    tf_version = (_framework_version("tensorflow", "tensorflow")
+                  or _framework_version("tensorflow", "tensorflow-cpu"))
+
+    def mark(flag):
+        return "[X]" if flag else "[ ]"
+
+    lines = [
+        f"fusecomm v{fusecomm.__version__}:",
+        "",
+        "Available Frameworks:",
+        f"    {mark(torch_version)} PyTorch" + (f" {torch_version}" if torch_version else ""),
+        f"    {mark(tf_version)} TensorFlow" + (f" {tf_version}" if tf_version else ""),
+        "",
+        "Available Controllers:",
+        f"    [X] MPI: {info['mpi_version'].splitlines()[0]}",
+        f"        built with {mpicc}, launched with {mpiexec}",
+        "",
+        "Available Tensor Operations:",
+        f"    {mark(info['nccl'])} NCCL",
+        f"    [X] MPI",
+        f"    {mark(info['cuda'])} CUDA",
+    ]
+    return "\n".join(lines)

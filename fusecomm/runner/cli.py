@@ -1,0 +1,33 @@
+"""Entry point of the `fusecomm` command."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fusecomm", description="fusecomm job launcher and tools")
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    from fusecomm.runner import launch
+
+    run_parser = sub.add_parser("run", help="run a command on N ranks with mpirun")
+    launch.add_arguments(run_parser)
+    sub.add_parser("check-build", help="print what this build of fusecomm supports")
+    bench_parser = sub.add_parser("bench", help="benchmarks")
+    from fusecomm.runner import bench
+
+    bench.add_arguments(bench_parser)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.action == "run":
+        return launch.run(args)
+    if args.action == "check-build":
+        from fusecomm.runner import check_build
+
+        print(check_build.report())
+        return 0
+    return bench.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

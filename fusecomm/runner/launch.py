@@ -1,0 +1,111 @@
+"""`fusecomm run`: starts a job with the mpirun of the MPI fusecomm was built against."""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from fusecomm.basics import _SETTINGS
+
+
+def find_mpirun():
+    """The launcher of the MPI this build links against; PATH's mpirun as a fallback."""
+    try:
+        from fusecomm import _build_config
+
+        candidates = [_build_config.MPIEXEC,
+                      os.path.join(os.path.dirname(_build_config.MPI_C_COMPILER), "mpirun")]
+    except ImportError:
+        candidates = []
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    found = shutil.which("mpirun") or shutil.which("mpiexec")
+    if not found:
+        sys.exit("fusecomm run: no mpirun found (install Open MPI: scripts/setup.sh)")
+    return found
+
+
+def mpi_flavour(mpirun):
+    try:
+        text = subprocess.run([mpirun, "--version"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if "Open MPI" in text or "OpenRTE" in text:
+        return "openmpi"
+    if "HYDRA" in text or "MPICH" in text or "Intel" in text:
+        return "mpich"
+    return "unknown"
+
+
+def add_arguments(parser):
+    parser.add_argument("-np", "--num-proc", dest="np", type=int, required=True,
+                        help="number of ranks")
+    parser.add_argument("-H", "--hosts", help="host:slots,... (default: this machine)")
+    parser.add_argument("--hostfile", help="file of hosts, one 'host slots=N' per line")
+    parser.add_argument("--mpi-args", default="", help="extra arguments passed to mpirun as is")
+    parser.add_argument("--verbose", action="store_true", help="print the mpirun command")
+    for key in _SETTINGS:
+        parser.add_argument("--" + key.replace("_", "-"), dest=key,
+                            help=f"sets {_SETTINGS[key]} on every rank")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="the program to run on every rank (after --)")
+
+
+def build_command(args, mpirun, flavour, is_root):
+    cmd = [mpirun, "-np", str(args.np)]
+    env_pairs = {_SETTINGS[k]: str(getattr(args, k)) for k in _SETTINGS
+                 if getattr(args, k) is not None}
+    if flavour == "openmpi":
+        # More ranks than cores is normal for tests; Open MPI refuses it unless asked.
+        cmd += ["--oversubscribe", "--bind-to", "none"]
+        if is_root:
+            cmd += ["--allow-run-as-root"]
+        if args.hosts:
+            cmd += ["-H", args.hosts]
+        if args.hostfile:
+            cmd += ["--hostfile", args.hostfile]
+        for name, value in env_pairs.items():
+            cmd += ["-x", f"{name}={value}"]
+        # Forward the caller's FUSECOMM_* and Python settings to remote hosts too.
+        for name in sorted(os.environ):
+            if name.startswith(("FUSECOMM_", "PYTHON")) and name not in env_pairs:
+                cmd += ["-x", name]
+    else:
+        if args.hosts:
+            cmd += ["-hosts", args.hosts]
+        if args.hostfile:
+            cmd += ["-f", args.hostfile]
+        for name, value in env_pairs.items():
+            cmd += ["-genv", name, value]
+    if args.mpi_args:
+        cmd += args.mpi_args.split()
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        sys.exit("fusecomm run: no command given (fusecomm run -np N -- python train.py)")
+    return cmd + command, env_pairs
+
+
+def run(args):
+    mpirun = find_mpirun()
+    flavour = mpi_flavour(mpirun)
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    cmd, env_pairs = build_command(args, mpirun, flavour, is_root)
+    env = dict(os.environ)
+    env.update(env_pairs)
+    if flavour == "openmpi":
+        env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+        if is_root:
+            env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+    if args.verbose:
+        print(" ".join(cmd), file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()

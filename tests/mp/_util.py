@@ -1,0 +1,56 @@
+"""Helpers for the multi-rank test scripts (imported by scripts in tests/mp/)."""
+import sys
+import traceback
+
+import numpy as np
+
+# Every dtype the core supports, as NumPy names (bfloat16 through ml_dtypes when present).
+NUMPY_DTYPES = ["uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"]
+try:
+    import ml_dtypes  # noqa: F401  (ships with TensorFlow)
+
+    NUMPY_DTYPES.append("bfloat16")
+except ImportError:
+    pass
+
+# Sizes every collective test covers: empty, one element, primes, and counts not divisible by
+# any small rank count.
+SIZES = [0, 1, 2, 3, 7, 13, 31, 127, 1021, 4099, 65537]
+
+
+def numpy_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def rank_data(seed, rank, shape, dtype_name):
+    """Deterministic data of `rank`, reproducible on every other rank for the reference.
+    Small integers so that sums and products are exact in every dtype (fp16 included)."""
+    rng = np.random.default_rng([seed, rank])
+    if dtype_name == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if dtype_name == "uint8":
+        return rng.integers(0, 4, size=shape).astype(np.uint8)
+    return rng.integers(-3, 4, size=shape).astype(numpy_dtype(dtype_name))
+
+
+def run_main(main):
+    """Runs main(); on any failure prints the traceback with the rank and exits 1, so mpirun
+    reports the failure instead of hanging on the other ranks."""
+    try:
+        main()
+    except Exception:  # noqa: BLE001 - SystemExit passes through with its code
+        try:
+            import fusecomm
+
+            rank = fusecomm.rank() if fusecomm.is_initialized() else "?"
+        except Exception:  # noqa: BLE001
+            rank = "?"
+        print(f"[rank {rank}] FAILED\n{traceback.format_exc()}", flush=True)
+        sys.stdout.flush()
+        import os
+
+        os._exit(1)

@@ -1,0 +1,35 @@
+"""Multi-rank tests of the core (NumPy API) under mpirun: 1, 2, 3 and 4 ranks."""
+import random
+
+import pytest
+
+from conftest import run_ranks
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_collectives_against_numpy(ranks):
+    seed = random.randrange(1 << 16)
+    out = run_ranks("core_collectives.py", ranks, seed)
+    assert out.count("OK") == ranks, out
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_mismatches_are_errors_on_every_rank(ranks):
+    out = run_ranks("core_errors.py", ranks)
+    assert out.count("OK") == ranks, out
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_small_fusion_threshold_and_no_cache(ranks):
+    """The same checks with a tiny fusion buffer (many groups) and the response cache off
+    (every cycle through the coordinator)."""
+    seed = random.randrange(1 << 16)
+    out = run_ranks("core_collectives.py", ranks, seed,
+                    env={"FUSECOMM_FUSION_THRESHOLD": "4096", "FUSECOMM_CACHE_CAPACITY": "0"})
+    assert out.count("OK") == ranks, out
+
+
+def test_small_cache_evicts_consistently():
+    """A cache smaller than the number of live names forces evictions every cycle."""
+    out = run_ranks("core_collectives.py", 3, 11, env={"FUSECOMM_CACHE_CAPACITY": "5"})
+    assert out.count("OK") == 3, out
