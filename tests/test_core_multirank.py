@@ -33,3 +33,12 @@ def test_small_cache_evicts_consistently():
     """A cache smaller than the number of live names forces evictions every cycle."""
     out = run_ranks("core_collectives.py", 3, 11, env={"FUSECOMM_CACHE_CAPACITY": "5"})
     assert out.count("OK") == 3, out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_stalled_rank_gives_error_on_every_rank(ranks):
+    out = run_ranks("core_stall.py", ranks, timeout=90,
+                    env={"FUSECOMM_STALL_WARNING_SECONDS": "1",
+                         "FUSECOMM_STALL_SHUTDOWN_SECONDS": "2"})
+    assert out.count(": OK:") == ranks, out
+    assert "missing on rank 1" in out

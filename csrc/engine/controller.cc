@@ -13,6 +13,8 @@ namespace {
 
 constexpr uint64_t kFlagUnreported = 1;  // some rank has requests the coordinator has not seen
 constexpr uint64_t kFlagShutdown = 2;    // some rank asked to shut down
+constexpr uint64_t kFlagStallWarning = 4;   // some request waited past the warning time
+constexpr uint64_t kFlagStallShutdown = 8;  // ... past the shutdown time
 
 void SetBit(std::vector<uint64_t>& words, size_t offset, size_t bit) {
   words[offset + bit / 64] |= uint64_t{1} << (bit % 64);
@@ -51,8 +53,60 @@ std::string RankList(const std::vector<int>& ranks) {
 
 }  // namespace
 
-Controller::Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity)
-    : channel_(std::move(channel)), cache_(cache_capacity) {}
+Controller::Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity,
+                       StallSettings stall)
+    : channel_(std::move(channel)),
+      cache_(cache_capacity),
+      stall_(stall),
+      last_stall_warning_(std::chrono::steady_clock::now()) {}
+
+uint64_t Controller::StallFlags(const PendingTable& pending) {
+  using Seconds = std::chrono::duration<double>;
+  const auto now = std::chrono::steady_clock::now();
+  double oldest = 0;
+  for (const auto& [name, entry] : pending) {
+    oldest = std::max(oldest, Seconds(now - entry.submitted).count());
+  }
+  uint64_t flags = 0;
+  if (stall_.shutdown_seconds > 0 && oldest > stall_.shutdown_seconds) flags |= kFlagStallShutdown;
+  if (stall_.warning_seconds > 0 && oldest > stall_.warning_seconds &&
+      Seconds(now - last_stall_warning_).count() > stall_.warning_seconds) {
+    flags |= kFlagStallWarning;
+  }
+  return flags;
+}
+
+std::string Controller::StallReport(const PendingTable& pending) {
+  std::vector<TensorSpec> mine;
+  for (const auto& [name, entry] : pending) mine.push_back(entry.request.spec);
+  auto reports = channel_->GatherToRoot(EncodeSpecs(mine));
+  std::vector<char> text;
+  if (rank() == 0) {
+    // name -> ranks that submitted it
+    std::map<std::string, std::vector<int>> submitted;
+    for (int r = 0; r < size(); ++r) {
+      for (const TensorSpec& spec : DecodeSpecs(reports[r].data(), reports[r].size())) {
+        submitted[spec.name].push_back(r);
+      }
+    }
+    std::ostringstream msg;
+    msg << "stalled collectives: some ranks submitted tensors that other ranks did not submit";
+    for (const auto& [name, ranks] : submitted) {
+      if (static_cast<int>(ranks.size()) == size()) continue;
+      std::vector<int> missing;
+      for (int r = 0; r < size(); ++r) {
+        if (std::find(ranks.begin(), ranks.end(), r) == ranks.end()) missing.push_back(r);
+      }
+      msg << "; '" << name << "' submitted by " << RankList(ranks) << ", missing on "
+          << RankList(missing);
+    }
+    std::string s = msg.str();
+    text.assign(s.begin(), s.end());
+  }
+  channel_->BroadcastFromRoot(text);
+  last_stall_warning_ = std::chrono::steady_clock::now();
+  return std::string(text.begin(), text.end());
+}
 
 Response Controller::Validate(const std::vector<TensorSpec>& per_rank) const {
   Response response;
@@ -114,7 +168,7 @@ CycleResult Controller::RunCycle(PendingTable& pending, bool shutdown_requested)
   // an OR for flags and invalid marks, so one all-reduce carries all three.
   std::vector<uint64_t> bits(1 + 2 * words, 0);
   std::fill(bits.begin() + invalid_at, bits.end(), ~uint64_t{0});
-  uint64_t flags = shutdown_requested ? kFlagShutdown : 0;
+  uint64_t flags = (shutdown_requested ? kFlagShutdown : 0) | StallFlags(pending);
 
   for (auto& [name, entry] : pending) {
     if (entry.state == PendingState::kReported) continue;
@@ -149,6 +203,17 @@ CycleResult Controller::RunCycle(PendingTable& pending, bool shutdown_requested)
         static_cast<int>(channel_->AllreduceMin(shutdown_requested ? rank() : INT64_MAX));
     result.responses.clear();
     return result;
+  }
+  if (any_flags & (kFlagStallWarning | kFlagStallShutdown)) {
+    std::string report = StallReport(pending);
+    if (any_flags & kFlagStallShutdown) {
+      std::ostringstream limit;
+      limit << " (stopped after FUSECOMM_STALL_SHUTDOWN_SECONDS=" << stall_.shutdown_seconds << ")";
+      result.stall_error = report + limit.str();
+      result.responses.clear();
+      return result;
+    }
+    if (rank() == 0) FUSECOMM_LOG(kWarning, report);
   }
   if (any_flags & kFlagUnreported) {
     std::vector<std::pair<uint64_t, TensorSpec>> fresh;

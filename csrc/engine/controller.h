@@ -38,11 +38,20 @@ struct CycleResult {
   std::vector<Response> responses;  // to execute now, same order on every rank
   bool shutdown = false;            // some rank asked to shut down
   int shutdown_rank = -1;           // the lowest such rank
+  std::string stall_error;          // non-empty: the stall inspector stopped the job
+};
+
+// When a request has waited this long for the other ranks, rank 0 reports which ranks are
+// missing which tensors; after `shutdown_seconds` (0: never) every rank fails with that report.
+struct StallSettings {
+  double warning_seconds = 60.0;
+  double shutdown_seconds = 0.0;
 };
 
 class Controller {
  public:
-  Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity);
+  Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity,
+             StallSettings stall = {});
 
   int rank() const { return channel_->rank(); }
   int size() const { return channel_->size(); }
@@ -52,9 +61,15 @@ class Controller {
   // Coordinator side: record what each rank reported; return the names now complete.
   std::vector<Response> CollectReports(const std::vector<std::vector<char>>& reports);
   Response Validate(const std::vector<TensorSpec>& per_rank) const;
+  // Which flags this rank raises for requests that have waited too long.
+  uint64_t StallFlags(const PendingTable& pending);
+  // Collective: rank 0 gathers every rank's waiting names and describes who is missing what.
+  std::string StallReport(const PendingTable& pending);
 
   std::unique_ptr<ControlChannel> channel_;
   ResponseCache cache_;
+  StallSettings stall_;
+  std::chrono::steady_clock::time_point last_stall_warning_;
   // Coordinator only: name -> spec reported by each rank (unset until reported).
   struct Waiting {
     std::vector<TensorSpec> per_rank;

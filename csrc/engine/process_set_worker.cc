@@ -21,7 +21,8 @@ ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> contr
       config_(config),
       data_comm_(std::move(data_comm)),
       topology_(WithGlobal(std::move(topology), data_comm_.get())),
-      controller_(std::move(control), config.cache_capacity),
+      controller_(std::move(control), config.cache_capacity,
+                  StallSettings{config.stall_warning_seconds, config.stall_shutdown_seconds}),
       executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
                 [this](const std::string& name) { ReleaseName(name); }) {
   thread_ = std::thread([this] { Loop(); });
@@ -88,6 +89,11 @@ void ProcessSetWorker::Loop() {
                      ? "fusecomm has been shut down"
                      : "fusecomm was shut down by rank " + std::to_string(result.shutdown_rank) +
                            " (of process set " + std::to_string(id_) + ")";
+        break;
+      }
+      if (!result.stall_error.empty()) {
+        reason = result.stall_error;
+        FUSECOMM_LOG(kError, reason);
         break;
       }
       executor_.Execute(result.responses, pending);
