@@ -61,6 +61,9 @@ Topology BuildTopology(MpiComm& global, const Config& config) {
                                                                : topo.local->size()));
   topo.torus_row = global.Split(rank / topo.torus_x, rank);
   topo.torus_col = global.Split(rank % topo.torus_x, rank);
+  // Columns among full rows only: ranks of a partial last row fold into the row above.
+  const int full_rows = size / topo.torus_x;
+  topo.torus_col_full = global.Split(rank / topo.torus_x < full_rows ? rank % topo.torus_x : -1, rank);
   return topo;
 }
 
