@@ -114,6 +114,8 @@ PYBIND11_MODULE(_core, m) {
   }, py::call_guard<py::gil_scoped_release>());
   m.def("take_result", &TakeResult);
   m.def("release", [](int64_t id) { Engine::Get().ReleaseHandle(id); });
+  m.def("auto_algorithm", [](size_t bytes) { return Engine::Get().AutoAlgorithm(bytes); });
+  m.def("cost_model", [] { return Engine::Get().CostModelText(); });
   m.def("build_info", [] {
     BuildInfo info = GetBuildInfo();
     py::dict d;

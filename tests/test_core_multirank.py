@@ -42,3 +42,15 @@ def test_stalled_rank_gives_error_on_every_rank(ranks):
                          "FUSECOMM_STALL_SHUTDOWN_SECONDS": "2"})
     assert out.count(": OK:") == ranks, out
     assert "missing on rank 1" in out
+
+
+# (ranks, virtual node size): uneven nodes and partial torus grids included.
+ALGORITHM_CONFIGS = [(2, 1), (3, 2), (4, 2), (5, 2), (6, 4), (7, 3), (8, 4)]
+
+
+@pytest.mark.parametrize("ranks, local_size", ALGORITHM_CONFIGS)
+def test_every_algorithm_through_the_engine(ranks, local_size):
+    seed = random.randrange(1 << 16)
+    out = run_ranks("core_algorithms.py", ranks, seed, env={"FUSECOMM_LOCAL_SIZE": str(local_size)})
+    assert out.count(": OK") == ranks, out
+    assert f"local_size {min(local_size, ranks)}" in out

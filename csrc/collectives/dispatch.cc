@@ -1,14 +1,13 @@
 #include "collectives/dispatch.h"
 
 #include "collectives/allreduce.h"
+#include "collectives/cost_model.h"
 #include "common/errors.h"
 
 namespace fusecomm {
 
 AllreduceAlgorithm ChooseAllreduceAlgorithm(const Topology& topo, size_t bytes) {
-  // Below the ring's pipelining benefit the transport's tuned call wins on latency.
-  (void)topo;
-  return bytes < (256u << 10) ? AllreduceAlgorithm::kNative : AllreduceAlgorithm::kRing;
+  return ChooseByCost(topo.cost_model, topo, bytes);
 }
 
 AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorithm, void* buf,

@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "collectives/cost_model.h"
 #include "transport/comm.h"
 
 namespace fusecomm {
@@ -27,6 +28,8 @@ struct Topology {
   bool homogeneous = true;
   // node_sizes[i]: ranks on node i (nodes ordered by their lowest global rank).
   std::vector<int> node_sizes;
+  // Measured at init; `auto` chooses algorithms with it.
+  CostModel cost_model;
 
   int local_rank() const { return local ? local->rank() : 0; }
   int local_size() const { return local ? local->size() : 1; }

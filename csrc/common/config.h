@@ -20,6 +20,8 @@ struct Config {
   double stall_warning_seconds = 60.0;              // FUSECOMM_STALL_WARNING_SECONDS
   double stall_shutdown_seconds = 0.0;              // FUSECOMM_STALL_SHUTDOWN_SECONDS (0: off)
   std::string log_level = "warning";                // FUSECOMM_LOG_LEVEL
+  bool calibrate = true;                            // FUSECOMM_CALIBRATE (0: model defaults)
+  std::string calibration_file;                     // FUSECOMM_CALIBRATION_FILE (cache)
 
   static Config FromEnvironment();
 };

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
 #include "transport/mpi/mpi_comm.h"
@@ -119,6 +120,17 @@ FUSECOMM_GLOBAL_QUERY(local_size, w.topology().local_size())
 FUSECOMM_GLOBAL_QUERY(cross_rank, w.topology().cross_rank())
 FUSECOMM_GLOBAL_QUERY(cross_size, w.topology().cross_size())
 #undef FUSECOMM_GLOBAL_QUERY
+
+std::string Engine::AutoAlgorithm(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return AllreduceAlgorithmName(ChooseAllreduceAlgorithm(WorkerFor(0).topology(), bytes));
+}
+
+std::string Engine::CostModelText() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const CostModel& model = WorkerFor(0).topology().cost_model;
+  return (model.calibrated ? "calibrated\n" : "defaults\n") + model.ToText();
+}
 
 bool Engine::is_homogeneous() {
   std::lock_guard<std::mutex> lock(mutex_);

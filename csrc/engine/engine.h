@@ -50,6 +50,10 @@ class Engine {
   // Rank of this process inside set `id`, or -1 when not a member.
   int ProcessSetRank(int id);
 
+  // The algorithm `auto` picks for a buffer of `bytes` in the global set, and the cost model.
+  std::string AutoAlgorithm(size_t bytes);
+  std::string CostModelText();
+
   // Validates and queues; returns a handle id.
   int64_t Submit(int process_set, Request request);
   std::shared_ptr<HandleState> GetHandle(int64_t id);

@@ -48,15 +48,15 @@ def check_equal(out, ref, dtype_name, what, rtol=0.0):
                              f"{out.ravel()[bad[:5]]} vs {ref.ravel()[bad[:5]]}")
 
 
-def test_allreduce(seed, rank, n):
+def test_allreduce(seed, rank, n, algorithms=("ring", "mpi", "auto"), sizes=SIZES):
     ops = [hvd.Sum, hvd.Average, hvd.Min, hvd.Max, hvd.Product]
     checked = 0
-    for algorithm in ["ring", "mpi", "auto"]:
+    for algorithm in algorithms:
         for dtype_name in NUMPY_DTYPES:
             for op in ops:
                 if dtype_name == "bool" and op == hvd.Average:
                     continue
-                for size in SIZES:
+                for size in sizes:
                     shape = (size,) if size % 2 else (size // 2, 2) if size else (0, 3)
                     key = seed * 7919 + size
                     xs = [rank_data(key, q, shape, dtype_name) for q in range(n)]

@@ -1,6 +1,7 @@
 #include "transport/mpi/mpi_context.h"
 
 #include <algorithm>
+#include <fstream>
 
 #include "common/errors.h"
 #include "transport/mpi/mpi_comm.h"
@@ -56,9 +57,10 @@ Topology BuildTopology(MpiComm& global, const Config& config) {
   }
   topo.homogeneous = std::all_of(topo.node_sizes.begin(), topo.node_sizes.end(),
                                  [&](int s) { return s == topo.node_sizes[0]; });
-  // Torus rows are FUSECOMM_TORUS_X consecutive ranks (default: ranks per node).
-  topo.torus_x = std::max(1, std::min(size, config.torus_x > 0 ? config.torus_x
-                                                               : topo.local->size()));
+  // Torus rows are FUSECOMM_TORUS_X consecutive ranks, by default the largest node's size
+  // (the same on every rank, unlike this rank's own node size when nodes are uneven).
+  const int widest_node = *std::max_element(topo.node_sizes.begin(), topo.node_sizes.end());
+  topo.torus_x = std::max(1, std::min(size, config.torus_x > 0 ? config.torus_x : widest_node));
   topo.torus_row = global.Split(rank / topo.torus_x, rank);
   topo.torus_col = global.Split(rank % topo.torus_x, rank);
   // Columns among full rows only: ranks of a partial last row fold into the row above.
@@ -130,10 +132,33 @@ MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
   return out;  // MPI_COMM_NULL on ranks outside `ranks`
 }
 
+// The cost model: from the cache file when rank 0 finds one, else measured now (and cached
+// by rank 0 when a file is named). Rank 0 decides for everyone, so all ranks do the same.
+CostModel LoadOrCalibrate(Topology& topo, const Config& config) {
+  Comm& comm = *topo.global;
+  if (!config.calibrate) return CostModel{};
+  std::vector<char> text(4096, 0);
+  if (comm.rank() == 0 && !config.calibration_file.empty()) {
+    std::ifstream in(config.calibration_file);
+    in.read(text.data(), static_cast<std::streamsize>(text.size() - 1));
+  }
+  comm.NativeBroadcast(text.data(), text.size(), 0);
+  CostModel model;
+  if (CostModel::FromText(text.data(), &model)) return model;
+  model = CalibrateCostModel(topo);
+  if (comm.rank() == 0 && !config.calibration_file.empty()) {
+    std::ofstream out(config.calibration_file);
+    out << model.ToText();
+  }
+  return model;
+}
+
 std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config) {
   auto control = std::make_unique<MpiControlChannel>(Dup(comm));
   auto data = std::make_unique<MpiComm>(Dup(comm), true);
   Topology topo = BuildTopology(*data, config);
+  topo.global = data.get();
+  topo.cost_model = LoadOrCalibrate(topo, config);
   return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
                                             std::move(topo), config);
 }
