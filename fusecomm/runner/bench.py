@@ -24,7 +24,9 @@ def parse_size(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("what", choices=["allreduce"], help="which benchmark")
+    parser.add_argument("what", choices=["allreduce", "calibrate"],
+                        help="allreduce: bandwidth table; calibrate: measure and print (and "
+                             "cache with FUSECOMM_CALIBRATION_FILE) the cost model auto uses")
     parser.add_argument("-np", type=int, default=2, help="ranks (default 2)")
     parser.add_argument("-b", "--min-bytes", type=parse_size, default=8)
     parser.add_argument("-e", "--max-bytes", type=parse_size, default=256 << 20)
@@ -86,6 +88,12 @@ def worker(argv):
 
     fusecomm.init()
     rank, n = fusecomm.rank(), fusecomm.size()
+    if args.what == "calibrate":
+        if rank == 0:
+            print(f"cost model on {n} ranks (local size {fusecomm.local_size()}):")
+            print(fusecomm._core.cost_model())
+        fusecomm.shutdown()
+        return 0
     dtype = np.dtype(args.dtype)
     algorithms = [a for a in args.algorithms.split(",") if a]
 
@@ -130,7 +138,9 @@ def worker(argv):
             row = {"impl": label, "ranks": n, "size": count * dtype.itemsize, "count": count,
                    "type": dtype.name, "redop": "sum", "root": -1, "time_us": seconds * 1e6,
                    "algbw": algbw, "busbw": algbw * 2 * (n - 1) / n, "wrong": wrong,
-                   "local_size": fusecomm.local_size()}
+                   "local_size": fusecomm.local_size(),
+                   "picked": (fusecomm._core.auto_algorithm(count * dtype.itemsize)
+                              if label == "fusecomm:auto" else "")}
             rows.append(row)
             if rank == 0:
                 print(format_row(row), flush=True) if len(rows) > 1 else print(
@@ -150,13 +160,13 @@ def worker(argv):
 
 def header():
     return (f"{'impl':<24}{'size(B)':>12}{'count':>12}{'type':>9}{'redop':>6}{'root':>5}"
-            f"{'time(us)':>12}{'algbw':>9}{'busbw':>9}{'#wrong':>8}")
+            f"{'time(us)':>12}{'algbw':>9}{'busbw':>9}{'#wrong':>8}  auto picked")
 
 
 def format_row(r):
     return (f"{r['impl']:<24}{r['size']:>12}{r['count']:>12}{r['type']:>9}{r['redop']:>6}"
             f"{r['root']:>5}{r['time_us']:>12.1f}{r['algbw']:>9.3f}{r['busbw']:>9.3f}"
-            f"{r['wrong']:>8}")
+            f"{r['wrong']:>8}  {r['picked']}")
 
 
 def plot(rows, path):

@@ -1,0 +1,79 @@
+"""All-reduce algorithms side by side: every fusecomm algorithm, `auto`, and MPI_Allreduce
+through mpi4py, at 2 and 4 ranks, with and without virtual nodes, 8 B to 256 MiB.
+
+    python benchmarks/allreduce_algorithms.py --out docs/bench [--max-bytes 256M] [--quick]
+
+Writes <out>/allreduce_<ranks>r_L<local>.jsonl and .png per configuration and prints a summary:
+per size, the best fixed algorithm, what auto picked and its time relative to the best, and the
+ring's time relative to MPI_Allreduce."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ALGORITHMS = "ring,rhd,hierarchical,hierarchical_scatter,torus2d,mpi,auto"
+CONFIGS = [(2, 0), (2, 1), (4, 0), (4, 2)]  # (ranks, virtual node size; 0 = the machine)
+
+
+def run_config(ranks, local_size, out_dir, max_bytes, quick):
+    stem = f"allreduce_{ranks}r_L{local_size or 'node'}"
+    jsonl = out_dir / f"{stem}.jsonl"
+    jsonl.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "fusecomm.runner.cli", "bench", "allreduce", "-np", str(ranks),
+           "--algorithms", ALGORITHMS, "--max-bytes", max_bytes, "--json", str(jsonl),
+           "--plot", str(out_dir / f"{stem}.png")]
+    if local_size:
+        cmd += ["--local-size", str(local_size)]
+    if quick:
+        cmd.append("--quick")
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return [json.loads(line) for line in jsonl.read_text().splitlines()]
+
+
+def summarize(rows):
+    """Lines of a markdown table: per size, the best fixed algorithm against auto and MPI."""
+    lines = ["| size (B) | best fixed | its time (us) | auto picked | auto / best | ring / MPI_Allreduce |",
+             "|---:|---|---:|---|---:|---:|"]
+    worst = 1.0
+    for size in sorted({r["size"] for r in rows}):
+        at = {r["impl"]: r for r in rows if r["size"] == size}
+        fixed = {k: v for k, v in at.items() if k.startswith("fusecomm:") and k != "fusecomm:auto"}
+        best_name, best = min(fixed.items(), key=lambda kv: kv[1]["time_us"])
+        auto = at["fusecomm:auto"]
+        ratio = auto["time_us"] / best["time_us"]
+        worst = max(worst, ratio)
+        mpi = at.get("MPI_Allreduce")
+        ring_vs_mpi = f"{at['fusecomm:ring']['time_us'] / mpi['time_us']:.2f}" if mpi else "n/a"
+        lines.append(f"| {size} | {best_name.split(':')[1]} | {best['time_us']:.1f} | "
+                     f"{auto['picked']} | {ratio:.2f} | {ring_vs_mpi} |")
+    return lines, worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="out/bench")
+    parser.add_argument("--max-bytes", default="256M")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--configs", default=",".join(f"{r}:{l}" for r, l in CONFIGS),
+                        help="ranks:local_size,... (local_size 0 = the machine)")
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for item in args.configs.split(","):
+        ranks, local_size = (int(x) for x in item.split(":"))
+        rows = run_config(ranks, local_size, out_dir, args.max_bytes, args.quick)
+        lines, worst = summarize(rows)
+        report += [f"### {ranks} ranks, local size {rows[0]['local_size']}", "", *lines, "",
+                   f"auto's worst ratio to the best fixed algorithm: {worst:.2f}", ""]
+    text = "\n".join(report)
+    (out_dir / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
