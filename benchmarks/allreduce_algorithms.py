@@ -21,7 +21,7 @@ def run_config(ranks, local_size, out_dir, max_bytes, quick):
     stem = f"allreduce_{ranks}r_L{local_size or 'node'}"
     jsonl = out_dir / f"{stem}.jsonl"
     jsonl.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "fusecomm.runner.cli", "bench", "allreduce", "-np", str(ranks),
+    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "bench", "allreduce", "-np", str(ranks),
            "--algorithms", ALGORITHMS, "--max-bytes", max_bytes, "--json", str(jsonl),
            "--plot", str(out_dir / f"{stem}.png")]
     if local_size:

@@ -11,7 +11,8 @@ from conftest import CLEAN_ENV, MP_DIR, mpi_env
 
 
 def run_python(code, timeout=60):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=mpi_env(),
+    # -P: the installed package, not the source tree in the working directory.
+    return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], env=mpi_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
 
@@ -137,7 +138,7 @@ def test_buffer_protocol_and_dlpack(engine):
 
 
 def test_check_build_reports_mpi():
-    proc = subprocess.run([sys.executable, "-m", "fusecomm.runner.cli", "check-build"],
+    proc = subprocess.run([sys.executable, "-P", "-m", "fusecomm.runner.cli", "check-build"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout
@@ -147,7 +148,7 @@ def test_check_build_reports_mpi():
 
 def test_run_passes_settings_and_exit_status():
     script = str(MP_DIR / "core_launcher_check.py")
-    cmd = [sys.executable, "-m", "fusecomm.runner.cli", "run", "-np", "3",
+    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "run", "-np", "3",
            "--cycle-time-ms", "2", "--local-size", "2", "--", sys.executable, script]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120, env=CLEAN_ENV)

@@ -47,10 +47,10 @@ def run(args):
     """Launcher side: re-runs this module as the worker on args.np ranks."""
     from fusecomm.runner import cli
 
-    worker = [sys.executable, "-m", "fusecomm.runner.bench", "--worker"] + sys.argv[
+    worker = [sys.executable, "-P", "-m", "fusecomm.runner.bench", "--worker"] + sys.argv[
         sys.argv.index(args.what):] if args.what in sys.argv else []
     if not worker:
-        worker = [sys.executable, "-m", "fusecomm.runner.bench", "--worker", args.what,
+        worker = [sys.executable, "-P", "-m", "fusecomm.runner.bench", "--worker", args.what,
                   "-np", str(args.np)]
     launch = ["run", "-np", str(args.np)]
     if args.local_size:

@@ -26,10 +26,13 @@ def numpy_dtype(name):
     return np.dtype(name)
 
 
-def rank_data(seed, rank, shape, dtype_name):
+def rank_data(seed, rank, shape, dtype_name, for_product=False):
     """Deterministic data of `rank`, reproducible on every other rank for the reference.
-    Small integers so that sums and products are exact in every dtype (fp16 included)."""
+    Small integers so that sums are exact in every dtype (fp16 included); for products of
+    floats, signed powers of two, whose products are exact in any order on up to 8 ranks."""
     rng = np.random.default_rng([seed, rank])
+    if for_product and dtype_name in ("float16", "bfloat16", "float32", "float64"):
+        return rng.choice([-2.0, -1.0, 1.0, 2.0], size=shape).astype(numpy_dtype(dtype_name))
     if dtype_name == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)
     if dtype_name == "uint8":

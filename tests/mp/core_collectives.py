@@ -59,7 +59,8 @@ def test_allreduce(seed, rank, n, algorithms=("ring", "mpi", "auto"), sizes=SIZE
                 for size in sizes:
                     shape = (size,) if size % 2 else (size // 2, 2) if size else (0, 3)
                     key = seed * 7919 + size
-                    xs = [rank_data(key, q, shape, dtype_name) for q in range(n)]
+                    xs = [rank_data(key, q, shape, dtype_name, op == hvd.Product)
+                          for q in range(n)]
                     name = f"ar.{algorithm}.{dtype_name}.{op}.{size}"
                     out = hvd.allreduce(xs[rank], name=name, op=op, algorithm=algorithm)
                     rtol = 1e-2 if op == hvd.Average and dtype_name in ("float16", "bfloat16") else 0
