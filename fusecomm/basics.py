@@ -15,6 +15,9 @@ _SETTINGS = {
     "stall_warning_seconds": "FUSECOMM_STALL_WARNING_SECONDS",
     "stall_shutdown_seconds": "FUSECOMM_STALL_SHUTDOWN_SECONDS",
     "log_level": "FUSECOMM_LOG_LEVEL",
+    "liveness_timeout_seconds": "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
+    "calibration_file": "FUSECOMM_CALIBRATION_FILE",
+    "timeline": "FUSECOMM_TIMELINE",
 }
 
 _atexit_registered = False
@@ -125,10 +128,10 @@ def init(comm=None, process_sets=None, **settings):
 init.__doc__ = init.__doc__ % ", ".join(_SETTINGS)
 
 
-def shutdown():
+def shutdown(_at_exit=False):
     """Stops the engine on this rank. Pending operations on every rank fail with a message
     naming the rank that shut down."""
-    _core.shutdown()
+    _core.shutdown(_at_exit)
     for ps in _added_sets:
         ps.process_set_id = None
     _added_sets.clear()
@@ -137,7 +140,7 @@ def shutdown():
 
 def _shutdown_at_exit():
     try:
-        shutdown()
+        shutdown(_at_exit=True)
     finally:
         _core.finalize_mpi()
 

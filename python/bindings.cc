@@ -80,7 +80,8 @@ PYBIND11_MODULE(_core, m) {
     Engine::Get().Init(reinterpret_cast<const void*>(comm_address), ranks);
   }, py::arg("comm_address") = 0, py::arg("ranks") = std::vector<int>{},
      py::call_guard<py::gil_scoped_release>());
-  m.def("shutdown", [] { Engine::Get().Shutdown(); }, py::call_guard<py::gil_scoped_release>());
+  m.def("shutdown", [](bool at_exit) { Engine::Get().Shutdown(at_exit); },
+        py::arg("at_exit") = false, py::call_guard<py::gil_scoped_release>());
   m.def("finalize_mpi", &FinalizeMpiIfOwned, py::call_guard<py::gil_scoped_release>());
   m.def("is_initialized", [] { return Engine::Get().initialized(); });
   m.def("rank", [] { return Engine::Get().rank(); });

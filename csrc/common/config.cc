@@ -55,6 +55,8 @@ Config Config::FromEnvironment() {
   c.stall_warning_seconds = EnvDouble("FUSECOMM_STALL_WARNING_SECONDS", c.stall_warning_seconds);
   c.stall_shutdown_seconds = EnvDouble("FUSECOMM_STALL_SHUTDOWN_SECONDS", c.stall_shutdown_seconds);
   c.log_level = EnvString("FUSECOMM_LOG_LEVEL", c.log_level);
+  c.liveness_timeout_seconds =
+      EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds);
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
   return c;

@@ -160,7 +160,7 @@ std::vector<Response> Controller::CollectReports(const std::vector<std::vector<c
   return complete;
 }
 
-CycleResult Controller::RunCycle(PendingTable& pending, bool shutdown_requested) {
+CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) {
   const size_t positions = cache_.num_positions();
   const size_t words = (positions + 63) / 64;
   const size_t ready_at = 1, invalid_at = 1 + words;
@@ -199,8 +199,11 @@ CycleResult Controller::RunCycle(PendingTable& pending, bool shutdown_requested)
   }
   if (any_flags & kFlagShutdown) {
     result.shutdown = true;
-    result.shutdown_rank =
-        static_cast<int>(channel_->AllreduceMin(shutdown_requested ? rank() : INT64_MAX));
+    // The lowest rank that asked, and why (low bit: its process is exiting).
+    int64_t code = channel_->AllreduceMin(
+        shutdown_requested ? 2 * int64_t{rank()} + (shutdown_requested == 2) : INT64_MAX);
+    result.shutdown_rank = static_cast<int>(code / 2);
+    result.shutdown_at_exit = code % 2;
     result.responses.clear();
     return result;
   }

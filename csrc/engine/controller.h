@@ -38,6 +38,7 @@ struct CycleResult {
   std::vector<Response> responses;  // to execute now, same order on every rank
   bool shutdown = false;            // some rank asked to shut down
   int shutdown_rank = -1;           // the lowest such rank
+  bool shutdown_at_exit = false;    // ... which is shutting down because its process exits
   std::string stall_error;          // non-empty: the stall inspector stopped the job
 };
 
@@ -55,7 +56,8 @@ class Controller {
 
   int rank() const { return channel_->rank(); }
   int size() const { return channel_->size(); }
-  CycleResult RunCycle(PendingTable& pending, bool shutdown_requested);
+  // shutdown_requested: 0 no, 1 shutdown() called, 2 the process is exiting.
+  CycleResult RunCycle(PendingTable& pending, int shutdown_requested);
 
  private:
   // Coordinator side: record what each rank reported; return the names now complete.

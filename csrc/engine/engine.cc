@@ -9,7 +9,9 @@
 #include "common/errors.h"
 #include "common/logging.h"
 #include "transport/mpi/mpi_comm.h"
+#include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_context.h"
+#include "transport/mpi/mpi_wait.h"
 
 namespace fusecomm {
 
@@ -57,6 +59,9 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config));
   config_ = config;
   AsComm(global_comm_) = global;
+  // A beat well inside the timeout, so one late beat is no alarm.
+  const double timeout = config.liveness_timeout_seconds;
+  liveness_ = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
   process_sets_.clear();
   process_sets_[0] = ProcessSet{all, worker};
   next_process_set_ = 1;
@@ -64,7 +69,7 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   FUSECOMM_LOG(kDebug, "initialized: rank " << rank << " of " << size);
 }
 
-void Engine::Shutdown() {
+void Engine::Shutdown(bool at_exit) {
   std::map<int, ProcessSet> sets;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -74,12 +79,18 @@ void Engine::Shutdown() {
   }
   // Sub-sets first, the global set last: its shutdown is the one every rank agrees on.
   for (auto it = sets.rbegin(); it != sets.rend(); ++it) {
-    if (it->second.worker) it->second.worker->Shutdown();
+    if (it->second.worker) it->second.worker->Shutdown(at_exit);
   }
   sets.clear();
+  // After the agreed shutdown, so no peer takes this rank's silence for a death.
+  if (liveness_) static_cast<LivenessMonitor*>(liveness_.get())->Stop();
+  liveness_.reset();
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && AsComm(global_comm_) != MPI_COMM_NULL) MPI_Comm_free(&AsComm(global_comm_));
+  // With a dead peer, freeing a communicator may wait for it forever.
+  if (!finalized && !TransportAborted() && AsComm(global_comm_) != MPI_COMM_NULL) {
+    MPI_Comm_free(&AsComm(global_comm_));
+  }
   global_comm_ = nullptr;
 }
 

@@ -29,7 +29,8 @@ class Engine {
   // `mpi_comm` points at an MPI_Comm to run on (nullptr: MPI_COMM_WORLD); `ranks`, when not
   // empty, restricts the job to those ranks of MPI_COMM_WORLD. Ranks outside take no part.
   void Init(const void* mpi_comm, const std::vector<int>& ranks);
-  void Shutdown();
+  // at_exit: the process is exiting (peers are told so).
+  void Shutdown(bool at_exit = false);
   bool initialized();
 
   int rank();
@@ -74,6 +75,7 @@ class Engine {
   };
   std::map<int, ProcessSet> process_sets_;
   int next_process_set_ = 1;
+  std::shared_ptr<void> liveness_;  // LivenessMonitor (MPI-specific, kept opaque here)
   void* global_comm_ = nullptr;  // MPI_Comm of the global set (owned), for creating sub-sets
   std::map<int64_t, std::shared_ptr<HandleState>> handles_;
   int64_t next_handle_ = 1;

@@ -51,10 +51,10 @@ void ProcessSetWorker::ReleaseName(const std::string& name) {
   in_flight_.erase(name);
 }
 
-void ProcessSetWorker::Shutdown() {
+void ProcessSetWorker::Shutdown(bool at_exit) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    shutdown_requested_ = true;
+    if (!shutdown_requested_) shutdown_requested_ = at_exit ? 2 : 1;
   }
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
@@ -66,7 +66,7 @@ void ProcessSetWorker::Loop() {
   std::string reason;
   try {
     while (true) {
-      bool shutdown_requested;
+      int shutdown_requested;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         // A submission wakes the cycle at once; otherwise run one every cycle time so peers
@@ -88,7 +88,8 @@ void ProcessSetWorker::Loop() {
         reason = result.shutdown_rank == rank()
                      ? "fusecomm has been shut down"
                      : "fusecomm was shut down by rank " + std::to_string(result.shutdown_rank) +
-                           " (of process set " + std::to_string(id_) + ")";
+                           (result.shutdown_at_exit ? " (its process exited)" : " (it called shutdown())") +
+                           (id_ ? " in process set " + std::to_string(id_) : std::string());
         break;
       }
       if (!result.stall_error.empty()) {
@@ -99,7 +100,7 @@ void ProcessSetWorker::Loop() {
       executor_.Execute(result.responses, pending);
     }
   } catch (const std::exception& e) {
-    reason = std::string("fusecomm engine stopped after an error: ") + e.what();
+    reason = std::string("fusecomm stopped: ") + e.what();
     FUSECOMM_LOG(kError, reason);
   }
   // Stop accepting work first, then fail what is left, so no request is stranded.

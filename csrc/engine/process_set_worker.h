@@ -35,7 +35,7 @@ class ProcessSetWorker {
   // once the worker has stopped.
   void Submit(Request request);
   // Asks every rank to stop; returns after this rank's thread has stopped.
-  void Shutdown();
+  void Shutdown(bool at_exit = false);
   bool stopped() const { return stopped_; }
 
  private:
@@ -54,7 +54,7 @@ class ProcessSetWorker {
   std::vector<Request> queue_;
   std::unordered_set<std::string> in_flight_;
   std::string stop_reason_;
-  bool shutdown_requested_ = false;
+  int shutdown_requested_ = 0;  // 0 no, 1 shutdown(), 2 the process is exiting
   std::atomic<bool> stopped_{false};
   uint64_t next_sequence_ = 0;
   std::thread thread_;

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from fusecomm.basics import _SETTINGS
+from fusecomm.runner import rank_wrapper
 
 
 def find_mpirun():
@@ -60,7 +61,9 @@ def build_command(args, mpirun, flavour, is_root):
                  if getattr(args, k) is not None}
     if flavour == "openmpi":
         # More ranks than cores is normal for tests; Open MPI refuses it unless asked.
-        cmd += ["--oversubscribe", "--bind-to", "none"]
+        # --enable-recovery: when a rank dies the others are not killed at once, so each gets
+        # fusecomm's own error naming the dead rank (they exit by themselves right after).
+        cmd += ["--oversubscribe", "--bind-to", "none", "--enable-recovery"]
         if is_root:
             cmd += ["--allow-run-as-root"]
         if args.hosts:
@@ -87,7 +90,8 @@ def build_command(args, mpirun, flavour, is_root):
         command = command[1:]
     if not command:
         sys.exit("fusecomm run: no command given (fusecomm run -np N -- python train.py)")
-    return cmd + command, env_pairs
+    wrapper = [sys.executable, "-m", "fusecomm.runner.rank_wrapper"]
+    return cmd + wrapper + command, env_pairs
 
 
 def run(args):
@@ -103,9 +107,21 @@ def run(args):
             env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     if args.verbose:
         print(" ".join(cmd), file=sys.stderr)
-    proc = subprocess.Popen(cmd, env=env)
+    # Output passes through line by line; the wrappers' markers say how each rank ended.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    first_failure = None
     try:
-        return proc.wait()
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if first_failure is None and rank_wrapper.MARKER in line:
+                first_failure = line.split(rank_wrapper.MARKER, 1)[1].strip()
+        code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+    if first_failure:
+        print(f"fusecomm run: the first rank to fail: {first_failure}", file=sys.stderr)
+        return code or 1
+    return code

@@ -7,6 +7,7 @@
 
 #include "common/errors.h"
 #include "reduce/cpu_reduce.h"
+#include "transport/mpi/mpi_wait.h"
 
 namespace fusecomm {
 
@@ -28,13 +29,13 @@ class MpiRequests : public CommRequest {
   std::vector<MPI_Request> requests;
   void Wait() override {
     if (requests.empty()) return;
-    CheckMpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
-             "MPI_Waitall");
+    WaitPolling(requests.data(), static_cast<int>(requests.size()), "MPI_Waitall");
     requests.clear();
   }
   ~MpiRequests() override {
-    // A request abandoned by an exception must still complete before its buffer goes away.
-    if (!requests.empty()) {
+    // A request abandoned by an exception must still complete before its buffer goes away
+    // (unless a peer died: then it never will, and the process is going down anyway).
+    if (!requests.empty() && !TransportAborted()) {
       MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
     }
   }
@@ -198,9 +199,11 @@ void MpiComm::NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp 
   char* p = static_cast<char*>(buf);
   for (size_t offset = 0; offset < count; offset += max_count) {
     size_t n = std::min(max_count, count - offset);
-    CheckMpi(MPI_Allreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
-                           comm_),
-             "MPI_Allreduce");
+    MPI_Request req;
+    CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
+                            comm_, &req),
+             "MPI_Iallreduce");
+    WaitPolling(&req, 1, "MPI_Iallreduce");
   }
 }
 
@@ -208,7 +211,10 @@ void MpiComm::NativeBroadcast(void* buf, size_t bytes, int root) {
   char* p = static_cast<char*>(buf);
   for (size_t offset = 0; offset < bytes; offset += kMaxMessageBytes) {
     size_t n = std::min(kMaxMessageBytes, bytes - offset);
-    CheckMpi(MPI_Bcast(p + offset, static_cast<int>(n), MPI_BYTE, root, comm_), "MPI_Bcast");
+    MPI_Request req;
+    CheckMpi(MPI_Ibcast(p + offset, static_cast<int>(n), MPI_BYTE, root, comm_, &req),
+             "MPI_Ibcast");
+    WaitPolling(&req, 1, "MPI_Ibcast");
   }
 }
 
@@ -216,9 +222,11 @@ void MpiComm::NativeAllgatherv(const void* send, size_t send_bytes, void* recv,
                                const std::vector<size_t>& recv_bytes) {
   std::vector<int> counts = ToIntCounts(recv_bytes, "allgather block size");
   std::vector<int> displs = Displacements(counts);
-  CheckMpi(MPI_Allgatherv(send, CheckedInt(send_bytes, "allgather block size"), MPI_BYTE, recv,
-                          counts.data(), displs.data(), MPI_BYTE, comm_),
-           "MPI_Allgatherv");
+  MPI_Request req;
+  CheckMpi(MPI_Iallgatherv(send, CheckedInt(send_bytes, "allgather block size"), MPI_BYTE, recv,
+                           counts.data(), displs.data(), MPI_BYTE, comm_, &req),
+           "MPI_Iallgatherv");
+  WaitPolling(&req, 1, "MPI_Iallgatherv");
 }
 
 void MpiComm::NativeAlltoallv(const void* send, const std::vector<size_t>& send_bytes, void* recv,
@@ -227,20 +235,28 @@ void MpiComm::NativeAlltoallv(const void* send, const std::vector<size_t>& send_
   std::vector<int> rcounts = ToIntCounts(recv_bytes, "alltoall block size");
   std::vector<int> sdispls = Displacements(scounts);
   std::vector<int> rdispls = Displacements(rcounts);
-  CheckMpi(MPI_Alltoallv(send, scounts.data(), sdispls.data(), MPI_BYTE, recv, rcounts.data(),
-                         rdispls.data(), MPI_BYTE, comm_),
-           "MPI_Alltoallv");
+  MPI_Request req;
+  CheckMpi(MPI_Ialltoallv(send, scounts.data(), sdispls.data(), MPI_BYTE, recv, rcounts.data(),
+                          rdispls.data(), MPI_BYTE, comm_, &req),
+           "MPI_Ialltoallv");
+  WaitPolling(&req, 1, "MPI_Ialltoallv");
 }
 
 void MpiComm::NativeReduceScatterv(const void* send, void* recv,
                                    const std::vector<size_t>& recv_counts, DataType dtype,
                                    ReduceOp op) {
   std::vector<int> counts = ToIntCounts(recv_counts, "reducescatter block");
-  CheckMpi(MPI_Reduce_scatter(send, recv, counts.data(), ToMpiType(dtype), ToMpiOp(dtype, op),
-                              comm_),
-           "MPI_Reduce_scatter");
+  MPI_Request req;
+  CheckMpi(MPI_Ireduce_scatter(send, recv, counts.data(), ToMpiType(dtype), ToMpiOp(dtype, op),
+                               comm_, &req),
+           "MPI_Ireduce_scatter");
+  WaitPolling(&req, 1, "MPI_Ireduce_scatter");
 }
 
-void MpiComm::Barrier() { CheckMpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiComm::Barrier() {
+  MPI_Request req;
+  CheckMpi(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+  WaitPolling(&req, 1, "MPI_Ibarrier");
+}
 
 }  // namespace fusecomm

@@ -6,6 +6,7 @@
 #include "common/errors.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
+#include "transport/mpi/mpi_wait.h"
 
 namespace fusecomm {
 
@@ -99,7 +100,9 @@ void EnsureMpiInitialized() {
 void FinalizeMpiIfOwned() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (g_we_initialized && !finalized) MPI_Finalize();
+  // MPI_Finalize is collective in practice: with a dead peer it could hang, so it is skipped
+  // (the launcher reports the job as failed, which it has).
+  if (g_we_initialized && !finalized && !TransportAborted()) MPI_Finalize();
 }
 
 std::string MpiLibraryVersion() {

@@ -6,25 +6,12 @@
 
 #include "common/errors.h"
 #include "transport/mpi/mpi_comm.h"
+#include "transport/mpi/mpi_wait.h"
 
 namespace fusecomm {
 
 void WaitWithBackoff(MPI_Request* request, const char* call) {
-  // Spinning keeps a small collective at a few microseconds; after that the thread sleeps so an
-  // oversubscribed or busy rank gets the core back.
-  constexpr int kSpinIterations = 2000;
-  int flag = 0;
-  for (int i = 0; i < kSpinIterations; ++i) {
-    CheckMpi(MPI_Test(request, &flag, MPI_STATUS_IGNORE), call);
-    if (flag) return;
-  }
-  auto sleep = std::chrono::microseconds(5);
-  while (true) {
-    CheckMpi(MPI_Test(request, &flag, MPI_STATUS_IGNORE), call);
-    if (flag) return;
-    std::this_thread::sleep_for(sleep);
-    if (sleep < std::chrono::microseconds(1000)) sleep *= 2;
-  }
+  WaitPolling(request, 1, call, /*max_sleep_us=*/1000);
 }
 
 MpiControlChannel::MpiControlChannel(MPI_Comm comm) : comm_(comm) {

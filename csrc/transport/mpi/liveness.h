@@ -1,0 +1,38 @@
+// Detects a rank that died (killed, crashed, exited without shutting down) without relying on
+// the launcher: a thread per rank exchanges heartbeats with rank 0 on its own communicator.
+// Rank 0 notices a silent rank and tells everyone; every rank notices a silent rank 0. Either
+// way the transport is aborted with a message naming the rank, so every blocked wait throws.
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fusecomm {
+
+class LivenessMonitor {
+ public:
+  // Duplicates `comm`. timeout_seconds <= 0 disables the monitor.
+  LivenessMonitor(MPI_Comm comm, double interval_seconds, double timeout_seconds);
+  ~LivenessMonitor();
+  // Tells the peers this rank leaves on purpose (no alarm), then stops the thread.
+  void Stop();
+
+ private:
+  void Loop();
+  void Declare(const std::string& reason);
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  std::chrono::duration<double> interval_;
+  std::chrono::duration<double> timeout_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace fusecomm

@@ -1,0 +1,62 @@
+"""One rank leaves mid-training (mode 'kill': SIGKILL; 'raise': an uncaught exception;
+'exit': sys.exit without shutdown(); 'shutdown': shutdown() while the others still submit).
+Every other rank must get an error naming that rank and the cause within the liveness timeout,
+never hang. Arguments: mode, victim rank."""
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import fusecomm as hvd
+
+VICTIM = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+
+
+def main():
+    mode = sys.argv[1]
+    hvd.init()
+    rank, n = hvd.rank(), hvd.size()
+    x = np.ones(1000, np.float32)
+    for step in range(20):
+        out = hvd.allreduce(x, op=hvd.Sum, name=f"grad.{step % 4}")
+        assert out[0] == n
+    if rank == VICTIM:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "raise":
+            raise RuntimeError(f"rank {rank} fails on purpose")
+        if mode == "shutdown":
+            hvd.shutdown()
+            time.sleep(2)
+            os._exit(0)
+        sys.exit(3)
+    started = time.monotonic()
+    try:
+        for step in range(1000):
+            hvd.allreduce(x, op=hvd.Sum, name=f"grad.{step % 4}")
+        print(f"rank {rank}: FAIL no error after the death of rank {VICTIM}", flush=True)
+        sys.exit(2)
+    except (hvd.CollectiveError, hvd.NotInitializedError) as e:
+        elapsed = time.monotonic() - started
+        text = str(e)
+    # A killed rank is silent (liveness); one that raises or exits still runs Python's exit
+    # handlers, which shut fusecomm down and say so.
+    expected = {"kill": f"rank {VICTIM} stopped responding",
+                "shutdown": f"shut down by rank {VICTIM} (it called shutdown())"}.get(
+        mode, f"shut down by rank {VICTIM} (its process exited)")
+    assert expected in text, text
+    print(f"rank {rank}: DETECTED after {elapsed:.1f}s: {text}", flush=True)
+    # Later calls fail at once with the same cause.
+    try:
+        hvd.allreduce(x, name="after")
+        raise AssertionError("a collective after the failure did not raise")
+    except (hvd.CollectiveError, hvd.NotInitializedError) as e:
+        assert f"rank {VICTIM}" in str(e), e
+    sys.stdout.flush()
+    os._exit(0)  # the job is broken: leave without MPI_Finalize
+
+
+if __name__ == "__main__":
+    main()
