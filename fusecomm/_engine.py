@@ -9,9 +9,10 @@ import threading
 from fusecomm import _core
 
 # Operation codes (csrc/common/types.h: OpType).
-ALLREDUCE, ALLGATHER, BROADCAST, REDUCESCATTER, ALLTOALL, BARRIER = range(6)
+ALLREDUCE, ALLGATHER, BROADCAST, REDUCESCATTER, ALLTOALL, BARRIER, JOIN = range(7)
 OP_NAMES = {ALLREDUCE: "allreduce", ALLGATHER: "allgather", BROADCAST: "broadcast",
-            REDUCESCATTER: "reducescatter", ALLTOALL: "alltoall", BARRIER: "barrier"}
+            REDUCESCATTER: "reducescatter", ALLTOALL: "alltoall", BARRIER: "barrier",
+            JOIN: "join"}
 
 # Element type codes (csrc/common/types.h: DataType), keyed by the dtype's name.
 DTYPE_CODES = {"uint8": 0, "int8": 1, "int32": 2, "int64": 3, "float16": 4, "bfloat16": 5,

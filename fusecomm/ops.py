@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 
 from fusecomm import _engine
-from fusecomm._engine import ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, REDUCESCATTER
+from fusecomm._engine import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, JOIN,
+                              REDUCESCATTER)
 from fusecomm._engine import Average, Sum
 from fusecomm.basics import global_process_set, process_set_id
 
@@ -211,6 +212,16 @@ def barrier(process_set=global_process_set):
     """Returns once every rank of the process set has called barrier()."""
     empty = np.empty(0, np.uint8)
     synchronize(_submit(BARRIER, empty, None, None, lambda r: None, process_set=process_set))
+
+
+def join(process_set=global_process_set):
+    """This rank has no more work (e.g. fewer batches than the others). Until every rank of the
+    process set has joined, it takes part in the others' collectives contributing nothing:
+    zeros to all-reduces (which still divide by the full size for Average, as in Horovod), no
+    rows to allgather and alltoall. Returns the rank that joined last."""
+    empty = np.empty(0, np.uint8)
+    return synchronize(_submit(JOIN, empty, None, "join", lambda r: int(r[2][0]),
+                               process_set=process_set))
 
 
 def poll(handle):

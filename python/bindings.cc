@@ -21,7 +21,7 @@ int64_t Enqueue(int op_type, const std::string& name, int dtype, std::vector<int
                 uintptr_t input, uintptr_t output, int reduce_op, double prescale,
                 double postscale, int root, int device, const std::string& algorithm,
                 std::vector<int64_t> splits, int process_set) {
-  if (op_type < 0 || op_type > static_cast<int>(OpType::kBarrier)) {
+  if (op_type < 0 || op_type > static_cast<int>(OpType::kJoin)) {
     throw InvalidArgument("unknown operation code " + std::to_string(op_type));
   }
   CheckDataType(dtype);

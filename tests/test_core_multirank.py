@@ -54,3 +54,9 @@ def test_every_algorithm_through_the_engine(ranks, local_size):
     out = run_ranks("core_algorithms.py", ranks, seed, env={"FUSECOMM_LOCAL_SIZE": str(local_size)})
     assert out.count(": OK") == ranks, out
     assert f"local_size {min(local_size, ranks)}" in out
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_join_lets_ranks_finish_early(ranks):
+    out = run_ranks("core_join.py", ranks, timeout=120)
+    assert out.count(": OK") == ranks, out

@@ -62,6 +62,7 @@ const char* OpTypeName(OpType op) {
     case OpType::kReducescatter: return "reducescatter";
     case OpType::kAlltoall: return "alltoall";
     case OpType::kBarrier: return "barrier";
+    case OpType::kJoin: return "join";
   }
   return "unknown";
 }

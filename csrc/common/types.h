@@ -36,6 +36,7 @@ enum class OpType : int32_t {
   kReducescatter = 3,
   kAlltoall = 4,
   kBarrier = 5,
+  kJoin = 6,  // this rank is out of work; completes when every rank has joined
 };
 
 // Which all-reduce algorithm runs a (fused) buffer.

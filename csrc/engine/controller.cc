@@ -15,6 +15,9 @@ constexpr uint64_t kFlagUnreported = 1;  // some rank has requests the coordinat
 constexpr uint64_t kFlagShutdown = 2;    // some rank asked to shut down
 constexpr uint64_t kFlagStallWarning = 4;   // some request waited past the warning time
 constexpr uint64_t kFlagStallShutdown = 8;  // ... past the shutdown time
+constexpr uint64_t kFlagNotJoined = 16;      // some rank has not called join()
+// The coordinator learns that a rank joined from this marker in its report.
+const char* const kJoinMarker = "\x01join";
 
 void SetBit(std::vector<uint64_t>& words, size_t offset, size_t bit) {
   words[offset + bit / 64] |= uint64_t{1} << (bit % 64);
@@ -108,15 +111,24 @@ std::string Controller::StallReport(const PendingTable& pending) {
   return std::string(text.begin(), text.end());
 }
 
-Response Controller::Validate(const std::vector<TensorSpec>& per_rank) const {
+Response Controller::Validate(const std::vector<TensorSpec>& per_rank,
+                              const std::vector<bool>& reported) const {
   Response response;
-  response.spec = per_rank[0];
+  const size_t first = std::find(reported.begin(), reported.end(), true) - reported.begin();
+  response.spec = per_rank[first];
+  const TensorSpec& spec = response.spec;
+  if (spec.op_type == OpType::kBroadcast && !reported[spec.root]) {
+    response.error = "broadcast of '" + spec.name + "' cannot run: its root rank " +
+                     std::to_string(spec.root) + " has already called join()";
+    return response;
+  }
   std::string field;
-  for (size_t r = 1; r < per_rank.size(); ++r) {
-    if (SpecsAgree(per_rank[0], per_rank[r], &field)) continue;
+  for (size_t r = first + 1; r < per_rank.size(); ++r) {
+    if (!reported[r] || SpecsAgree(spec, per_rank[r], &field)) continue;
     // Group ranks by what they sent so the message stays short on many ranks.
     std::vector<std::pair<std::string, std::vector<int>>> groups;
     for (size_t q = 0; q < per_rank.size(); ++q) {
+      if (!reported[q]) continue;
       std::string value = FieldValue(per_rank[q], field);
       auto it = std::find_if(groups.begin(), groups.end(),
                              [&](const auto& g) { return g.first == value; });
@@ -138,8 +150,21 @@ Response Controller::Validate(const std::vector<TensorSpec>& per_rank) const {
 std::vector<Response> Controller::CollectReports(const std::vector<std::vector<char>>& reports) {
   std::vector<Response> complete;
   const int n = size();
+  if (rank_joined_.empty()) rank_joined_.assign(n, false);
+  auto ready = [&](const Waiting& w) {
+    for (int q = 0; q < n; ++q) {
+      if (!w.reported[q] && !rank_joined_[q]) return false;
+    }
+    return true;
+  };
+  bool someone_joined = false;
   for (int r = 0; r < n; ++r) {
     for (TensorSpec& spec : DecodeSpecs(reports[r].data(), reports[r].size())) {
+      if (spec.name == kJoinMarker) {
+        rank_joined_[r] = true;
+        someone_joined = true;
+        continue;
+      }
       Waiting& w = waiting_[spec.name];
       if (w.per_rank.empty()) {
         w.per_rank.resize(n);
@@ -151,13 +176,31 @@ std::vector<Response> Controller::CollectReports(const std::vector<std::vector<c
         w.reported[r] = true;
         ++w.count;
       }
-      if (w.count == n) {
-        complete.push_back(Validate(w.per_rank));
+      if (ready(w)) {
+        complete.push_back(Validate(w.per_rank, w.reported));
         waiting_.erase(name);
       }
     }
   }
+  if (someone_joined) {
+    // Names that waited only for the ranks that have now joined are complete too.
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (ready(it->second)) {
+        complete.push_back(Validate(it->second.per_rank, it->second.reported));
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   return complete;
+}
+
+void Controller::Join() {
+  if (joined_) return;
+  joined_ = true;
+  join_reported_ = false;
+  join_cycle_ = cycle_;
 }
 
 CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) {
@@ -169,6 +212,15 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   std::vector<uint64_t> bits(1 + 2 * words, 0);
   std::fill(bits.begin() + invalid_at, bits.end(), ~uint64_t{0});
   uint64_t flags = (shutdown_requested ? kFlagShutdown : 0) | StallFlags(pending);
+  ++cycle_;
+  if (joined_) {
+    // A joined rank would run anything: it marks every cached position ready, and reports its
+    // join to the coordinator once.
+    for (size_t p = 0; p < positions; ++p) SetBit(bits, ready_at, p);
+    if (!join_reported_) flags |= kFlagUnreported;
+  } else {
+    flags |= kFlagNotJoined;
+  }
 
   for (auto& [name, entry] : pending) {
     if (entry.state == PendingState::kReported) continue;
@@ -188,6 +240,17 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   const uint64_t any_flags = ~bits[0];
 
   CycleResult result;
+  if (!(any_flags & kFlagNotJoined)) {
+    // Everyone has joined: nothing is left to run. The last to join is the latest cycle's
+    // highest rank (AllreduceMin of the negated key).
+    int64_t key = static_cast<int64_t>(join_cycle_) * size() + rank();
+    int64_t last = -channel_->AllreduceMin(-key);
+    result.all_joined = true;
+    result.last_joined_rank = static_cast<int>(last % size());
+    joined_ = join_reported_ = false;
+    std::fill(rank_joined_.begin(), rank_joined_.end(), false);
+    return result;
+  }
   for (size_t p = 0; p < positions; ++p) {
     bool invalid = !TestBit(bits, invalid_at, p);
     if (invalid) {
@@ -231,6 +294,13 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
               [](const auto& a, const auto& b) { return a.first < b.first; });
     std::vector<TensorSpec> specs;
     for (auto& f : fresh) specs.push_back(std::move(f.second));
+    if (joined_ && !join_reported_) {
+      TensorSpec marker;
+      marker.name = kJoinMarker;
+      marker.op_type = OpType::kBarrier;
+      specs.push_back(marker);
+      join_reported_ = true;
+    }
     auto reports = channel_->GatherToRoot(EncodeSpecs(specs));
     std::vector<char> encoded;
     if (rank() == 0) encoded = EncodeResponses(CollectReports(reports));

@@ -40,6 +40,8 @@ struct CycleResult {
   int shutdown_rank = -1;           // the lowest such rank
   bool shutdown_at_exit = false;    // ... which is shutting down because its process exits
   std::string stall_error;          // non-empty: the stall inspector stopped the job
+  bool all_joined = false;          // every rank has called join(): join completes
+  int last_joined_rank = -1;
 };
 
 // When a request has waited this long for the other ranks, rank 0 reports which ranks are
@@ -58,11 +60,16 @@ class Controller {
   int size() const { return channel_->size(); }
   // shutdown_requested: 0 no, 1 shutdown() called, 2 the process is exiting.
   CycleResult RunCycle(PendingTable& pending, int shutdown_requested);
+  // This rank has run out of work (Horovod's join): until every rank has joined, it takes part
+  // in whatever the others run, contributing nothing (zeros, or no rows).
+  void Join();
+  bool joined() const { return joined_; }
 
  private:
   // Coordinator side: record what each rank reported; return the names now complete.
   std::vector<Response> CollectReports(const std::vector<std::vector<char>>& reports);
-  Response Validate(const std::vector<TensorSpec>& per_rank) const;
+  Response Validate(const std::vector<TensorSpec>& per_rank,
+                    const std::vector<bool>& reported) const;
   // Which flags this rank raises for requests that have waited too long.
   uint64_t StallFlags(const PendingTable& pending);
   // Collective: rank 0 gathers every rank's waiting names and describes who is missing what.
@@ -79,6 +86,12 @@ class Controller {
     int count = 0;
   };
   std::map<std::string, Waiting> waiting_;
+  // Join state. Cycles are one agreed all-reduce each, so the counter is the same everywhere.
+  uint64_t cycle_ = 0;
+  bool joined_ = false;
+  bool join_reported_ = false;
+  uint64_t join_cycle_ = 0;
+  std::vector<bool> rank_joined_;  // coordinator only
 };
 
 }  // namespace fusecomm

@@ -232,7 +232,9 @@ int Engine::ProcessSetRank(int id) {
 
 void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
   const TensorSpec& spec = request.spec;
+  if (spec.op_type == OpType::kJoin) return;
   if (spec.name.empty()) throw InvalidArgument("a collective needs a name");
+  if (spec.name[0] == '\x01') throw InvalidArgument("names starting with \\x01 are reserved");
   for (int64_t d : spec.shape) {
     if (d < 0) throw InvalidArgument("negative dimension in shape " + ShapeString(spec.shape));
   }

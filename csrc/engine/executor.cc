@@ -46,7 +46,7 @@ void* Executor::FusionBuffer(size_t bytes) {
 }
 
 void Executor::Finish(Request& request, const std::string& error) {
-  release_name_(request.spec.name);
+  release_name_(request.spec.name);  // a stand-in's name is not in flight: erasing is harmless
   if (error.empty()) {
     request.handle->Complete();
   } else {
@@ -177,12 +177,37 @@ void Executor::RunAlltoall(Request& r) {
   r.handle->received_splits = recv_rows;
 }
 
-void Executor::Execute(const std::vector<Response>& responses, PendingTable& pending) {
+Request Executor::StandIn(const TensorSpec& spec) {
+  Request r;
+  r.spec = spec;
+  r.handle = std::make_shared<HandleState>();
+  const bool by_rows = spec.op_type == OpType::kAllgather || spec.op_type == OpType::kAlltoall;
+  if (by_rows) {
+    r.spec.shape[0] = 0;  // sends no rows
+    r.splits.assign(comm_.size(), 0);
+  }
+  auto input = std::make_shared<HostBuffer>(r.spec.num_bytes());
+  auto output = std::make_shared<HostBuffer>(r.spec.num_bytes());
+  std::memset(input->data.get(), 0, input->bytes);
+  r.input = input->data.get();
+  r.output = output->data.get();
+  stand_in_buffers_.push_back(input);
+  stand_in_buffers_.push_back(output);
+  return r;
+}
+
+void Executor::Execute(const std::vector<Response>& responses, PendingTable& pending,
+                       bool joined) {
   // Take this rank's request for every response out of the pending table.
   std::vector<Request> requests;
   requests.reserve(responses.size());
+  stand_in_buffers_.clear();
   for (const Response& response : responses) {
     auto it = pending.find(response.spec.name);
+    if (it == pending.end() && joined) {
+      requests.push_back(StandIn(response.spec));
+      continue;
+    }
     if (it == pending.end()) {
       // Cannot happen while negotiation is correct: every response names a request of ours.
       throw CollectiveError("internal error: no local request for tensor '" +
@@ -210,7 +235,8 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
         case OpType::kBroadcast: RunBroadcast(requests[group[0]]); break;
         case OpType::kReducescatter: RunReducescatter(requests[group[0]]); break;
         case OpType::kAlltoall: RunAlltoall(requests[group[0]]); break;
-        case OpType::kBarrier: break;  // negotiation completing on every rank is the barrier
+        case OpType::kBarrier:  // negotiation completing on every rank is the barrier
+        case OpType::kJoin: break;
       }
     } catch (const std::exception& e) {
       error = std::string(OpTypeName(first.spec.op_type)) + " of '" + first.spec.name +

@@ -21,7 +21,9 @@ class Executor {
   Executor(Topology& topology, size_t fusion_threshold, AllreduceAlgorithm default_algorithm,
            std::function<void(const std::string&)> release_name);
 
-  void Execute(const std::vector<Response>& responses, PendingTable& pending);
+  // `joined`: this rank has called join(), so responses it has no request for run with a
+  // stand-in that contributes nothing (zeros, or no rows) and whose result is dropped.
+  void Execute(const std::vector<Response>& responses, PendingTable& pending, bool joined);
   // Fails every pending request with `message` (shutdown, fatal transport error).
   void FailAll(PendingTable& pending, const std::string& message);
 
@@ -35,6 +37,8 @@ class Executor {
   void FinishScale(void* dst, const void* src, size_t count, const TensorSpec& spec);
   void* FusionBuffer(size_t bytes);
   void Finish(Request& request, const std::string& error);
+  Request StandIn(const TensorSpec& spec);
+  std::vector<std::shared_ptr<HostBuffer>> stand_in_buffers_;
 
   Topology& topology_;
   Comm& comm_;

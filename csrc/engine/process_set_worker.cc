@@ -36,6 +36,16 @@ void ProcessSetWorker::Submit(Request request) {
     if (stopped_ || shutdown_requested_) {
       throw NotInitialized(stop_reason_.empty() ? "fusecomm has been shut down" : stop_reason_);
     }
+    if (request.spec.op_type == OpType::kJoin) {
+      if (join_handle_) throw InvalidArgument("join() is already in progress on this rank");
+      join_handle_ = request.handle;
+      wake_.notify_one();
+      return;
+    }
+    if (join_handle_) {
+      throw InvalidArgument("this rank has called join(); it cannot submit '" +
+                            request.spec.name + "' until every rank has joined");
+    }
     const std::string& name = request.spec.name;
     if (!in_flight_.insert(name).second) {
       throw InvalidArgument("a collective named '" + name +
@@ -82,6 +92,7 @@ void ProcessSetWorker::Loop() {
         }
         queue_.clear();
         shutdown_requested = shutdown_requested_;
+        if (join_handle_) controller_.Join();
       }
       CycleResult result = controller_.RunCycle(pending, shutdown_requested);
       if (result.shutdown) {
@@ -97,7 +108,19 @@ void ProcessSetWorker::Loop() {
         FUSECOMM_LOG(kError, reason);
         break;
       }
-      executor_.Execute(result.responses, pending);
+      if (result.all_joined) {
+        std::shared_ptr<HandleState> handle;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          handle.swap(join_handle_);
+        }
+        if (handle) {
+          handle->received_splits = {result.last_joined_rank};
+          handle->Complete();
+        }
+        continue;
+      }
+      executor_.Execute(result.responses, pending, controller_.joined());
     }
   } catch (const std::exception& e) {
     reason = std::string("fusecomm stopped: ") + e.what();
@@ -111,6 +134,7 @@ void ProcessSetWorker::Loop() {
     stopped_ = true;
     leftover.swap(queue_);
   }
+  if (join_handle_) join_handle_->Fail(reason);
   for (Request& request : leftover) {
     PendingEntry entry;
     std::string name = request.spec.name;

@@ -57,6 +57,7 @@ class ProcessSetWorker {
   int shutdown_requested_ = 0;  // 0 no, 1 shutdown(), 2 the process is exiting
   std::atomic<bool> stopped_{false};
   uint64_t next_sequence_ = 0;
+  std::shared_ptr<HandleState> join_handle_;  // set while this rank's join() waits
   std::thread thread_;
 };
 

@@ -52,7 +52,8 @@ class HandleState {
   // Filled by the engine before Complete() for outputs it allocates.
   std::shared_ptr<HostBuffer> output;
   std::vector<int64_t> output_shape;
-  std::vector<int64_t> received_splits;  // alltoall: rows received from each rank
+  // alltoall: rows received from each rank; join: {the last rank to join}
+  std::vector<int64_t> received_splits;
 
  private:
   std::mutex mutex_;
