@@ -8,7 +8,8 @@ from fusecomm.basics import (ProcessSet, add_process_set, ccl_built, cross_rank,
                              cuda_built, ddl_built, global_process_set, gloo_built, gloo_enabled,
                              init, is_homogeneous, is_initialized, local_rank, local_size,
                              mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank,
-                             remove_process_set, rocm_built, shutdown, size)
+                             remove_process_set, rocm_built, shutdown, size, start_timeline,
+                             stop_timeline)
 from fusecomm.exceptions import CollectiveError, HorovodInternalError, NotInitializedError
 from fusecomm.ops import (allgather, allgather_async, allgather_object, allreduce, allreduce_,
                           allreduce_async, allreduce_async_, alltoall, alltoall_async, barrier,

@@ -217,6 +217,19 @@ def ccl_built():
     return False
 
 
+def start_timeline(file_path, mark_cycles=False):
+    """Starts writing a Chrome-trace timeline (open it in Perfetto or chrome://tracing): per
+    tensor NEGOTIATE, QUEUE, MEMCPY_IN_FUSION_BUFFER, the collective with its algorithm and
+    bytes, MEMCPY_OUT_FUSION_BUFFER; cycle marks with mark_cycles. Rank 0 writes the file;
+    call it on every rank, as in Horovod."""
+    _core.start_timeline(str(file_path), bool(mark_cycles))
+
+
+def stop_timeline():
+    """Finishes the timeline file (it is valid JSON afterwards)."""
+    _core.stop_timeline()
+
+
 def add_process_set(process_set):
     """Registers a process set. Collective over all ranks, called in the same order everywhere."""
     if not isinstance(process_set, ProcessSet):

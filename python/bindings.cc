@@ -115,6 +115,11 @@ PYBIND11_MODULE(_core, m) {
   }, py::call_guard<py::gil_scoped_release>());
   m.def("take_result", &TakeResult);
   m.def("release", [](int64_t id) { Engine::Get().ReleaseHandle(id); });
+  m.def("start_timeline", [](const std::string& path, bool mark_cycles) {
+    Engine::Get().StartTimeline(path, mark_cycles);
+  }, py::arg("path"), py::arg("mark_cycles") = false);
+  m.def("stop_timeline", [] { Engine::Get().StopTimeline(); },
+        py::call_guard<py::gil_scoped_release>());
   m.def("auto_algorithm", [](size_t bytes) { return Engine::Get().AutoAlgorithm(bytes); });
   m.def("cost_model", [] { return Engine::Get().CostModelText(); });
   m.def("build_info", [] {

@@ -60,3 +60,16 @@ def test_every_algorithm_through_the_engine(ranks, local_size):
 def test_join_lets_ranks_finish_early(ranks):
     out = run_ranks("core_join.py", ranks, timeout=120)
     assert out.count(": OK") == ranks, out
+
+
+def test_timeline_of_a_four_rank_run_parses(tmp_path):
+    path = tmp_path / "timeline.json"
+    out = run_ranks("core_timeline.py", 4, path)
+    assert out.count(": OK") == 4, out
+    env_path = tmp_path / "env_timeline.json"
+    # FUSECOMM_TIMELINE starts it at init; shutdown finishes the file.
+    out = run_ranks("core_collectives.py", 2, 1, env={"FUSECOMM_TIMELINE": str(env_path)})
+    import json
+
+    events = json.loads(env_path.read_text())
+    assert any(e.get("name") == "ALLREDUCE" for e in events)

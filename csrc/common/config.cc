@@ -57,6 +57,8 @@ Config Config::FromEnvironment() {
   c.log_level = EnvString("FUSECOMM_LOG_LEVEL", c.log_level);
   c.liveness_timeout_seconds =
       EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds);
+  c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
+  c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
   return c;

@@ -56,7 +56,10 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   SetLogRank(rank);
   std::vector<int> all(size);
   for (int r = 0; r < size; ++r) all[r] = r;
-  auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config));
+  auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
+  if (!config.timeline_path.empty() && rank == 0) {
+    timeline_.Start(config.timeline_path, config.timeline_mark_cycles, rank);
+  }
   config_ = config;
   AsComm(global_comm_) = global;
   // A beat well inside the timeout, so one late beat is no alarm.
@@ -82,6 +85,7 @@ void Engine::Shutdown(bool at_exit) {
     if (it->second.worker) it->second.worker->Shutdown(at_exit);
   }
   sets.clear();
+  timeline_.Stop();
   // After the agreed shutdown, so no peer takes this rank's silence for a death.
   if (liveness_) static_cast<LivenessMonitor*>(liveness_.get())->Stop();
   liveness_.reset();
@@ -137,6 +141,17 @@ std::string Engine::AutoAlgorithm(size_t bytes) {
   return AllreduceAlgorithmName(ChooseAllreduceAlgorithm(WorkerFor(0).topology(), bytes));
 }
 
+void Engine::StartTimeline(const std::string& path, bool mark_cycles) {
+  int rank;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rank = WorkerFor(0).rank();
+  }
+  if (rank == 0) timeline_.Start(path, mark_cycles, rank);
+}
+
+void Engine::StopTimeline() { timeline_.Stop(); }
+
 std::string Engine::CostModelText() {
   std::lock_guard<std::mutex> lock(mutex_);
   const CostModel& model = WorkerFor(0).topology().cost_model;
@@ -179,7 +194,7 @@ int Engine::AddProcessSet(const std::vector<int>& ranks) {
   int id = next_process_set_++;
   std::shared_ptr<ProcessSetWorker> worker;
   if (comm != MPI_COMM_NULL) {
-    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(id, comm, config_));
+    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(id, comm, config_, &timeline_));
     MPI_Comm_free(&comm);
   }
   process_sets_[id] = ProcessSet{sorted, worker};

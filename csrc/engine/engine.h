@@ -12,6 +12,7 @@
 #include "common/config.h"
 #include "engine/process_set_worker.h"
 #include "engine/request.h"
+#include "timeline/timeline.h"
 
 namespace fusecomm {
 
@@ -55,6 +56,11 @@ class Engine {
   std::string AutoAlgorithm(size_t bytes);
   std::string CostModelText();
 
+  // Chrome-trace timeline of this rank's engine (rank 0's is the one Horovod users expect; any
+  // rank may write one). Stop() finishes the file.
+  void StartTimeline(const std::string& path, bool mark_cycles);
+  void StopTimeline();
+
   // Validates and queues; returns a handle id.
   int64_t Submit(int process_set, Request request);
   std::shared_ptr<HandleState> GetHandle(int64_t id);
@@ -67,6 +73,7 @@ class Engine {
   void Validate(const ProcessSetWorker& worker, const Request& request);
 
   std::mutex mutex_;
+  Timeline timeline_;
   bool initialized_ = false;
   Config config_;
   struct ProcessSet {

@@ -1,6 +1,7 @@
 #include "engine/executor.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <exception>
 
@@ -20,6 +21,11 @@ int64_t ScatterRows(int64_t rows, int ranks, int rank) {
   return rows / ranks + (rank < rows % ranks ? 1 : 0);
 }
 
+std::string ToUpper(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return s;
+}
+
 std::vector<int64_t> WithFirstDim(const std::vector<int64_t>& shape, int64_t first) {
   std::vector<int64_t> out = shape.empty() ? std::vector<int64_t>{first} : shape;
   out[0] = first;
@@ -30,8 +36,9 @@ std::vector<int64_t> WithFirstDim(const std::vector<int64_t>& shape, int64_t fir
 
 Executor::Executor(Topology& topology, size_t fusion_threshold,
                    AllreduceAlgorithm default_algorithm,
-                   std::function<void(const std::string&)> release_name)
-    : topology_(topology),
+                   std::function<void(const std::string&)> release_name, Timeline* timeline)
+    : timeline_(timeline),
+      topology_(topology),
       comm_(*topology.global),
       fusion_threshold_(fusion_threshold),
       default_algorithm_(default_algorithm),
@@ -45,7 +52,17 @@ void* Executor::FusionBuffer(size_t bytes) {
   return fusion_buffer_.get();
 }
 
+void Executor::Enter(const std::vector<Request*>& group, const std::string& activity,
+                     const std::string& args_json) {
+  if (!timeline_->active()) return;
+  for (Request* r : group) {
+    timeline_->ActivityEnd(r->spec.name);
+    timeline_->ActivityStart(r->spec.name, activity, args_json);
+  }
+}
+
 void Executor::Finish(Request& request, const std::string& error) {
+  if (timeline_->active()) timeline_->ActivityEnd(request.spec.name);
   release_name_(request.spec.name);  // a stand-in's name is not in flight: erasing is harmless
   if (error.empty()) {
     request.handle->Complete();
@@ -72,21 +89,30 @@ void Executor::FinishScale(void* dst, const void* src, size_t count, const Tenso
 void Executor::RunAllreduceGroup(const std::vector<Request*>& group) {
   const TensorSpec& kind = group[0]->spec;
   ReduceOp op = kind.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : kind.reduce_op;
-  AllreduceAlgorithm algorithm =
-      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm;
   MemoryOps& mem = comm_.memory();
   const size_t elem = DataTypeSize(kind.dtype);
+  size_t total = 0;
+  for (Request* r : group) total += ElementCount(r->spec);
+  AllreduceAlgorithm algorithm =
+      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm;
+  if (algorithm == AllreduceAlgorithm::kAuto) {
+    algorithm = ChooseAllreduceAlgorithm(topology_, total * elem);
+  }
+  const std::string collective_args =
+      timeline_->active() ? std::string("{\"algorithm\":\"") + AllreduceAlgorithmName(algorithm) +
+                                "\",\"bytes\":" + std::to_string(total * elem) +
+                                ",\"tensors\":" + std::to_string(group.size()) + "}"
+                          : std::string();
   if (group.size() == 1) {
     // Unfused: work in the caller's output directly, no fusion-buffer copies.
     Request& r = *group[0];
-    size_t count = ElementCount(r.spec);
-    mem.ScaledCopy(r.output, r.input, count, r.spec.dtype, r.spec.prescale);
-    RunAllreduce(topology_, algorithm, r.output, count, r.spec.dtype, op);
-    FinishScale(r.output, r.output, count, r.spec);
+    mem.ScaledCopy(r.output, r.input, total, r.spec.dtype, r.spec.prescale);
+    Enter(group, "ALLREDUCE", collective_args);
+    RunAllreduce(topology_, algorithm, r.output, total, r.spec.dtype, op);
+    FinishScale(r.output, r.output, total, r.spec);
     return;
   }
-  size_t total = 0;
-  for (Request* r : group) total += ElementCount(r->spec);
+  Enter(group, "MEMCPY_IN_FUSION_BUFFER");
   char* buffer = static_cast<char*>(FusionBuffer(total * elem));
   size_t offset = 0;
   for (Request* r : group) {
@@ -94,7 +120,9 @@ void Executor::RunAllreduceGroup(const std::vector<Request*>& group) {
     mem.ScaledCopy(buffer + offset * elem, r->input, count, kind.dtype, kind.prescale);
     offset += count;
   }
+  Enter(group, "ALLREDUCE", collective_args);
   RunAllreduce(topology_, algorithm, buffer, total, kind.dtype, op);
+  Enter(group, "MEMCPY_OUT_FUSION_BUFFER");
   offset = 0;
   for (Request* r : group) {
     size_t count = ElementCount(r->spec);
@@ -216,6 +244,7 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
     requests.push_back(std::move(it->second.request));
     pending.erase(it);
   }
+  for (Request& r : requests) Enter({&r}, "QUEUE");
   for (const auto& group : PlanFusion(responses, fusion_threshold_)) {
     const Response& first = responses[group[0]];
     if (!first.error.empty()) {
@@ -224,17 +253,23 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
     }
     std::string error;
     try {
-      switch (first.spec.op_type) {
+      const OpType type = first.spec.op_type;
+      Request& single = requests[group[0]];
+      if (type != OpType::kAllreduce && type != OpType::kBarrier && type != OpType::kJoin) {
+        Enter({&single}, ToUpper(OpTypeName(type)),
+              "{\"bytes\":" + std::to_string(first.spec.num_bytes()) + "}");
+      }
+      switch (type) {
         case OpType::kAllreduce: {
           std::vector<Request*> members;
           for (size_t i : group) members.push_back(&requests[i]);
           RunAllreduceGroup(members);
           break;
         }
-        case OpType::kAllgather: RunAllgather(requests[group[0]]); break;
-        case OpType::kBroadcast: RunBroadcast(requests[group[0]]); break;
-        case OpType::kReducescatter: RunReducescatter(requests[group[0]]); break;
-        case OpType::kAlltoall: RunAlltoall(requests[group[0]]); break;
+        case OpType::kAllgather: RunAllgather(single); break;
+        case OpType::kBroadcast: RunBroadcast(single); break;
+        case OpType::kReducescatter: RunReducescatter(single); break;
+        case OpType::kAlltoall: RunAlltoall(single); break;
         case OpType::kBarrier:  // negotiation completing on every rank is the barrier
         case OpType::kJoin: break;
       }

@@ -11,6 +11,7 @@
 #include "collectives/topology.h"
 #include "engine/controller.h"
 #include "engine/request.h"
+#include "timeline/timeline.h"
 
 namespace fusecomm {
 
@@ -19,7 +20,7 @@ class Executor {
   // `release_name` is called for each finished request before its handle completes, so a caller
   // woken by the handle may reuse the name at once.
   Executor(Topology& topology, size_t fusion_threshold, AllreduceAlgorithm default_algorithm,
-           std::function<void(const std::string&)> release_name);
+           std::function<void(const std::string&)> release_name, Timeline* timeline);
 
   // `joined`: this rank has called join(), so responses it has no request for run with a
   // stand-in that contributes nothing (zeros, or no rows) and whose result is dropped.
@@ -38,6 +39,10 @@ class Executor {
   void* FusionBuffer(size_t bytes);
   void Finish(Request& request, const std::string& error);
   Request StandIn(const TensorSpec& spec);
+  // Timeline: each request of `group` leaves its current activity and enters `activity`.
+  void Enter(const std::vector<Request*>& group, const std::string& activity,
+             const std::string& args_json = "");
+  Timeline* timeline_;
   std::vector<std::shared_ptr<HostBuffer>> stand_in_buffers_;
 
   Topology& topology_;

@@ -16,15 +16,16 @@ Topology WithGlobal(Topology topology, Comm* global) {
 
 ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
                                    std::unique_ptr<Comm> data_comm, Topology topology,
-                                   const Config& config)
+                                   const Config& config, Timeline* timeline)
     : id_(id),
       config_(config),
       data_comm_(std::move(data_comm)),
       topology_(WithGlobal(std::move(topology), data_comm_.get())),
       controller_(std::move(control), config.cache_capacity,
                   StallSettings{config.stall_warning_seconds, config.stall_shutdown_seconds}),
+      timeline_(timeline),
       executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
-                [this](const std::string& name) { ReleaseName(name); }) {
+                [this](const std::string& name) { ReleaseName(name); }, timeline) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -87,6 +88,10 @@ void ProcessSetWorker::Loop() {
           entry.sequence = next_sequence_++;
           entry.submitted = std::chrono::steady_clock::now();
           std::string name = request.spec.name;
+          if (timeline_->active()) {
+            timeline_->ActivityStart(name, std::string("NEGOTIATE_") +
+                                               OpTypeName(request.spec.op_type));
+          }
           entry.request = std::move(request);
           pending.emplace(std::move(name), std::move(entry));
         }
@@ -94,6 +99,7 @@ void ProcessSetWorker::Loop() {
         shutdown_requested = shutdown_requested_;
         if (join_handle_) controller_.Join();
       }
+      if (timeline_->active()) timeline_->MarkCycle();
       CycleResult result = controller_.RunCycle(pending, shutdown_requested);
       if (result.shutdown) {
         reason = result.shutdown_rank == rank()

@@ -23,7 +23,8 @@ namespace fusecomm {
 class ProcessSetWorker {
  public:
   ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
-                   std::unique_ptr<Comm> data_comm, Topology topology, const Config& config);
+                   std::unique_ptr<Comm> data_comm, Topology topology, const Config& config,
+                   Timeline* timeline);
   ~ProcessSetWorker();
 
   int id() const { return id_; }
@@ -47,6 +48,7 @@ class ProcessSetWorker {
   std::unique_ptr<Comm> data_comm_;
   Topology topology_;
   Controller controller_;
+  Timeline* timeline_;
   Executor executor_;
 
   std::mutex mutex_;

@@ -156,14 +156,15 @@ CostModel LoadOrCalibrate(Topology& topo, const Config& config) {
   return model;
 }
 
-std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config) {
+std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config,
+                                             Timeline* timeline) {
   auto control = std::make_unique<MpiControlChannel>(Dup(comm));
   auto data = std::make_unique<MpiComm>(Dup(comm), true);
   Topology topo = BuildTopology(*data, config);
   topo.global = data.get();
   topo.cost_model = LoadOrCalibrate(topo, config);
   return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
-                                            std::move(topo), config);
+                                            std::move(topo), config, timeline);
 }
 
 }  // namespace fusecomm

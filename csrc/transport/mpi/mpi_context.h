@@ -27,6 +27,7 @@ MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks);
 
 // Builds a worker for the process set whose members call this with `comm` (which is duplicated,
 // not taken). Collective over `comm`.
-std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config);
+std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config,
+                                             Timeline* timeline);
 
 }  // namespace fusecomm
