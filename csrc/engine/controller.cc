@@ -306,6 +306,9 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     if (rank() == 0) encoded = EncodeResponses(CollectReports(reports));
     channel_->BroadcastFromRoot(encoded);
     for (Response& response : DecodeResponses(encoded.data(), encoded.size())) {
+      FUSECOMM_LOG(kDebug, "negotiated " << OpTypeName(response.spec.op_type) << " '"
+                                         << response.spec.name << "'"
+                                         << (response.error.empty() ? "" : ": " + response.error));
       if (response.error.empty()) cache_.Put(response);
       result.responses.push_back(std::move(response));
     }

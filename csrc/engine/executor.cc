@@ -103,6 +103,9 @@ void Executor::RunAllreduceGroup(const std::vector<Request*>& group) {
                                 "\",\"bytes\":" + std::to_string(total * elem) +
                                 ",\"tensors\":" + std::to_string(group.size()) + "}"
                           : std::string();
+  FUSECOMM_LOG(kDebug, "allreduce of " << group.size() << " tensor(s) starting with '"
+                                        << kind.name << "': " << total * elem << " bytes, "
+                                        << AllreduceAlgorithmName(algorithm));
   if (group.size() == 1) {
     // Unfused: work in the caller's output directly, no fusion-buffer copies.
     Request& r = *group[0];
@@ -255,6 +258,10 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
     try {
       const OpType type = first.spec.op_type;
       Request& single = requests[group[0]];
+      if (type != OpType::kAllreduce) {
+        FUSECOMM_LOG(kDebug, OpTypeName(type) << " of '" << first.spec.name << "': "
+                                              << first.spec.num_bytes() << " bytes");
+      }
       if (type != OpType::kAllreduce && type != OpType::kBarrier && type != OpType::kJoin) {
         Enter({&single}, ToUpper(OpTypeName(type)),
               "{\"bytes\":" + std::to_string(first.spec.num_bytes()) + "}");

@@ -114,6 +114,10 @@ void ProcessSetWorker::Loop() {
         FUSECOMM_LOG(kError, reason);
         break;
       }
+      if (!result.responses.empty()) {
+        FUSECOMM_LOG(kTrace, "process set " << id_ << ": " << result.responses.size()
+                                            << " response(s) this cycle");
+      }
       if (result.all_joined) {
         std::shared_ptr<HandleState> handle;
         {
