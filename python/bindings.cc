@@ -121,6 +121,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("stop_timeline", [] { Engine::Get().StopTimeline(); },
         py::call_guard<py::gil_scoped_release>());
   m.def("auto_algorithm", [](size_t bytes) { return Engine::Get().AutoAlgorithm(bytes); });
+  m.def("predict_seconds", [](const std::string& algorithm, size_t bytes) {
+    return Engine::Get().PredictSeconds(algorithm, bytes);
+  });
   m.def("cost_model", [] { return Engine::Get().CostModelText(); });
   m.def("build_info", [] {
     BuildInfo info = GetBuildInfo();

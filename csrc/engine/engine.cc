@@ -152,6 +152,14 @@ void Engine::StartTimeline(const std::string& path, bool mark_cycles) {
 
 void Engine::StopTimeline() { timeline_.Stop(); }
 
+double Engine::PredictSeconds(const std::string& algorithm, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Topology& topo = WorkerFor(0).topology();
+  AllreduceAlgorithm a = ParseAllreduceAlgorithm(algorithm);
+  if (a == AllreduceAlgorithm::kAuto) a = ChooseAllreduceAlgorithm(topo, bytes);
+  return topo.cost_model.Predict(a, topo, bytes);
+}
+
 std::string Engine::CostModelText() {
   std::lock_guard<std::mutex> lock(mutex_);
   const CostModel& model = WorkerFor(0).topology().cost_model;

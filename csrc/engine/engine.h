@@ -54,6 +54,8 @@ class Engine {
 
   // The algorithm `auto` picks for a buffer of `bytes` in the global set, and the cost model.
   std::string AutoAlgorithm(size_t bytes);
+  // The cost model's predicted seconds for `algorithm` ("auto" = what auto would pick).
+  double PredictSeconds(const std::string& algorithm, size_t bytes);
   std::string CostModelText();
 
   // Chrome-trace timeline of this rank's engine (rank 0's is the one Horovod users expect; any

@@ -47,10 +47,10 @@ def run(args):
     """Launcher side: re-runs this module as the worker on args.np ranks."""
     from fusecomm.runner import cli
 
-    worker = [sys.executable, "-P", "-m", "fusecomm.runner.bench", "--worker"] + sys.argv[
+    worker = [sys.executable, __file__, "--worker"] + sys.argv[
         sys.argv.index(args.what):] if args.what in sys.argv else []
     if not worker:
-        worker = [sys.executable, "-P", "-m", "fusecomm.runner.bench", "--worker", args.what,
+        worker = [sys.executable, __file__, "--worker", args.what,
                   "-np", str(args.np)]
     launch = ["run", "-np", str(args.np)]
     if args.local_size:
@@ -140,7 +140,10 @@ def worker(argv):
                    "algbw": algbw, "busbw": algbw * 2 * (n - 1) / n, "wrong": wrong,
                    "local_size": fusecomm.local_size(),
                    "picked": (fusecomm._core.auto_algorithm(count * dtype.itemsize)
-                              if label == "fusecomm:auto" else "")}
+                              if label == "fusecomm:auto" else ""),
+                   "predicted_us": (fusecomm._core.predict_seconds(
+                       label.split(":")[1], count * dtype.itemsize) * 1e6
+                       if label.startswith("fusecomm:") else None)}
             rows.append(row)
             if rank == 0:
                 print(format_row(row), flush=True) if len(rows) > 1 else print(

@@ -90,7 +90,9 @@ def build_command(args, mpirun, flavour, is_root):
         command = command[1:]
     if not command:
         sys.exit("fusecomm run: no command given (fusecomm run -np N -- python train.py)")
-    wrapper = [sys.executable, "-m", "fusecomm.runner.rank_wrapper"]
+    # By file path, not -m: the working directory may hold a source tree of fusecomm that would
+    # shadow the installed package.
+    wrapper = [sys.executable, rank_wrapper.__file__]
     return cmd + wrapper + command, env_pairs
 
 
