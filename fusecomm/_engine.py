@@ -3,7 +3,7 @@
 Frontends pass raw data pointers; this module keeps the objects those pointers belong to alive
 until the handle is synchronized, so the engine never reads freed memory.
 """
-import itertools
+import operator
 import threading
 
 from fusecomm import _core
@@ -68,9 +68,22 @@ def auto_name(op_type, name):
 def check_scale(factor, what):
     try:
         value = float(factor)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a number, not {type(factor).__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"{what} must be a finite number, not {factor!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be finite, not {value}")
     return value
+
+
+def check_int(value, what):
+    """An integer argument (root rank, split); OverflowError and floats become clear errors."""
+    try:
+        result = operator.index(value)  # ints and NumPy integers; not floats or strings
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {value!r}") from None
+    if not -(1 << 62) < result < (1 << 62):
+        raise ValueError(f"{what} {result} is out of range")
+    return result
 
 
 def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finisher, *,
@@ -82,9 +95,12 @@ def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finis
         algorithm = "auto"
     elif not isinstance(algorithm, str):
         raise TypeError("algorithm must be a string such as 'ring' or 'mpi'")
+    if splits is not None and len(splits) == 0:
+        raise ValueError("splits is empty; pass one entry per rank, or None for equal splits")
     handle = _core.enqueue(op_type, name, dtype, [int(d) for d in shape], input_ptr, output_ptr,
-                           int(op), prescale, postscale, int(root), int(device), algorithm,
-                           [int(s) for s in (splits or [])], int(process_set_id))
+                           int(op), prescale, postscale, check_int(root, "root_rank"),
+                           int(device), algorithm,
+                           [check_int(s, "split") for s in (splits or [])], int(process_set_id))
     with _lock:
         _handles[handle] = (keep_alive, finisher)
     return handle

@@ -112,7 +112,7 @@ def init(comm=None, process_sets=None, **settings):
             comm_address = MPI._addressof(comm)
         else:
             try:
-                ranks = [int(r) for r in comm]
+                ranks = [_engine.check_int(r, "rank") for r in comm]
             except TypeError:
                 raise TypeError("init(comm=...) takes an mpi4py communicator or a list of ranks") from None
     _core.init(comm_address, ranks)

@@ -25,6 +25,9 @@ def _as_array(tensor, what="tensor"):
         except Exception as e:  # noqa: BLE001 - anything NumPy refuses is a type error here
             raise TypeError(f"{what} must be an array, not {type(tensor).__name__}: {e}") from None
     _engine.dtype_code(array.dtype.name)  # TypeError naming the supported dtypes
+    if not array.dtype.isnative:
+        raise TypeError(f"{what} has non-native byte order ({array.dtype.str}); convert it with "
+                        "array.astype(array.dtype.newbyteorder('='))")
     if not array.flags.c_contiguous:
         raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
     return array
@@ -134,7 +137,7 @@ def grouped_allgather(tensors, name=None, process_set=global_process_set):
 
 
 def _broadcast_into(array, output, root_rank, name, process_set):
-    return _submit(BROADCAST, array, output, name, lambda result: output, root=int(root_rank),
+    return _submit(BROADCAST, array, output, name, lambda result: output, root=root_rank,
                    process_set=process_set)
 
 
@@ -232,10 +235,17 @@ def synchronize(handle):
     return _engine.synchronize(handle)
 
 
+def _pickled(obj):
+    try:
+        return np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - pickling raises many types; callers want one
+        raise TypeError(f"object of type {type(obj).__name__} cannot be pickled: {e}") from None
+
+
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
     """Pickles `obj` on root_rank and returns it, unpickled, on every rank."""
     name = name or type(obj).__name__
-    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    payload = _pickled(obj)
     length = broadcast(np.array([payload.size], dtype=np.int64), root_rank,
                        name=f"broadcast_object.{name}.size", process_set=process_set)
     buffer = payload if payload.size == length[0] else np.zeros(int(length[0]), np.uint8)
@@ -247,7 +257,7 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set
 def allgather_object(obj, name=None, process_set=global_process_set):
     """Returns the list of every rank's `obj`, in rank order."""
     name = name or type(obj).__name__
-    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    payload = _pickled(obj)
     sizes = allgather(np.array([payload.size], dtype=np.int64),
                       name=f"allgather_object.{name}.size", process_set=process_set)
     data = allgather(payload, name=f"allgather_object.{name}.data", process_set=process_set)

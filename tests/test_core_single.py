@@ -107,7 +107,7 @@ def test_bad_arguments(engine):
         hvd.allgather(np.float64(3.0))
     with pytest.raises(ValueError, match="Average is not defined for bool"):
         hvd.allreduce(np.ones(3, bool), op=hvd.Average)
-    with pytest.raises(TypeError, match="prescale_factor must be a number"):
+    with pytest.raises(TypeError, match="prescale_factor must be a finite number"):
         hvd.allreduce(x, prescale_factor="two")
     with pytest.raises(TypeError, match="name must be a string"):
         hvd.allreduce(x, name=5)

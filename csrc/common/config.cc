@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -36,9 +37,21 @@ int64_t EnvInt(const char* name, int64_t fallback) {
   throw InvalidArgument(std::string(name) + "='" + text + "' is not an integer");
 }
 
+namespace {
+// Durations must be finite and sane: a huge or NaN wait overflows the thread library's clocks.
+double CheckSeconds(const char* name, double value, double max) {
+  if (!std::isfinite(value) || value < 0 || value > max) {
+    throw InvalidArgument(std::string(name) + " must be a finite number between 0 and " +
+                          std::to_string(static_cast<long long>(max)));
+  }
+  return value;
+}
+}  // namespace
+
 Config Config::FromEnvironment() {
   Config c;
-  c.cycle_time_ms = EnvDouble("FUSECOMM_CYCLE_TIME_MS", c.cycle_time_ms);
+  c.cycle_time_ms = CheckSeconds("FUSECOMM_CYCLE_TIME_MS",
+                                 EnvDouble("FUSECOMM_CYCLE_TIME_MS", c.cycle_time_ms), 60000);
   if (c.cycle_time_ms <= 0) throw InvalidArgument("FUSECOMM_CYCLE_TIME_MS must be positive");
   int64_t threshold = EnvInt("FUSECOMM_FUSION_THRESHOLD", static_cast<int64_t>(c.fusion_threshold_bytes));
   if (threshold < 0) throw InvalidArgument("FUSECOMM_FUSION_THRESHOLD must be >= 0");
@@ -52,11 +65,17 @@ Config Config::FromEnvironment() {
   if (c.local_size < 0) throw InvalidArgument("FUSECOMM_LOCAL_SIZE must be >= 0");
   c.torus_x = static_cast<int>(EnvInt("FUSECOMM_TORUS_X", 0));
   if (c.torus_x < 0) throw InvalidArgument("FUSECOMM_TORUS_X must be >= 0");
-  c.stall_warning_seconds = EnvDouble("FUSECOMM_STALL_WARNING_SECONDS", c.stall_warning_seconds);
-  c.stall_shutdown_seconds = EnvDouble("FUSECOMM_STALL_SHUTDOWN_SECONDS", c.stall_shutdown_seconds);
+  constexpr double kDay = 86400;
+  c.stall_warning_seconds = CheckSeconds(
+      "FUSECOMM_STALL_WARNING_SECONDS",
+      EnvDouble("FUSECOMM_STALL_WARNING_SECONDS", c.stall_warning_seconds), kDay);
+  c.stall_shutdown_seconds = CheckSeconds(
+      "FUSECOMM_STALL_SHUTDOWN_SECONDS",
+      EnvDouble("FUSECOMM_STALL_SHUTDOWN_SECONDS", c.stall_shutdown_seconds), kDay);
   c.log_level = EnvString("FUSECOMM_LOG_LEVEL", c.log_level);
-  c.liveness_timeout_seconds =
-      EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds);
+  c.liveness_timeout_seconds = CheckSeconds(
+      "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
+      EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds), kDay);
   c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
   c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;

@@ -258,8 +258,16 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
   if (spec.op_type == OpType::kJoin) return;
   if (spec.name.empty()) throw InvalidArgument("a collective needs a name");
   if (spec.name[0] == '\x01') throw InvalidArgument("names starting with \\x01 are reserved");
+  // Sizes stay far from int64/size_t overflow (2^50 bytes is already beyond any buffer).
+  constexpr int64_t kMaxBytes = int64_t{1} << 50;
+  int64_t elements = 1;
   for (int64_t d : spec.shape) {
     if (d < 0) throw InvalidArgument("negative dimension in shape " + ShapeString(spec.shape));
+    if (d > 0 && elements > kMaxBytes / d) {
+      throw InvalidArgument("tensor '" + spec.name + "' of shape " + ShapeString(spec.shape) +
+                            " is too large");
+    }
+    elements *= d;
   }
   if (spec.device >= 0) {
     throw InvalidArgument("tensor '" + spec.name +
@@ -302,7 +310,11 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
       int64_t sum = 0;
       for (int64_t s : request.splits) {
         if (s < 0) throw InvalidArgument("alltoall splits must not be negative");
-        sum += s;
+        if (s > rows) {
+          throw InvalidArgument("alltoall split " + std::to_string(s) +
+                                " exceeds the first dimension " + std::to_string(rows));
+        }
+        sum += s;  // each term <= rows < 2^50: no overflow
       }
       if (sum != rows) {
         throw InvalidArgument("alltoall splits sum to " + std::to_string(sum) +

@@ -144,6 +144,11 @@ void Executor::RunAllgather(Request& r) {
   std::vector<size_t> block_bytes(n);
   int64_t total_rows = 0;
   for (int q = 0; q < n; ++q) {
+    // Each rank validated its own size (< 2^50 bytes); their sum must stay sane too.
+    if (rows[q] < 0 || rows[q] > (int64_t{1} << 50) || total_rows > (int64_t{1} << 56)) {
+      throw CollectiveError("allgather of '" + r.spec.name + "': rank " + std::to_string(q) +
+                            " sent an impossible row count " + std::to_string(rows[q]));
+    }
     block_bytes[q] = static_cast<size_t>(rows[q]) * row_bytes;
     total_rows += rows[q];
   }

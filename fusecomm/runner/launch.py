@@ -125,5 +125,5 @@ def run(args):
         return proc.wait()
     if first_failure:
         print(f"fusecomm run: the first rank to fail: {first_failure}", file=sys.stderr)
-        return code or 1
+        return rank_wrapper.exit_status(first_failure) or code or 1
     return code

@@ -10,6 +10,16 @@ import sys
 MARKER = "[fusecomm run] "
 
 
+def exit_status(marker_text):
+    """The exit status a shell would report for the rank a marker describes."""
+    words = marker_text.split()
+    if "code" in words:
+        return int(words[words.index("code") + 1])
+    if "signal" in words:
+        return 128 + int(words[words.index("signal") + 1])
+    return None
+
+
 def rank_id():
     for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
         if name in os.environ:

@@ -368,10 +368,9 @@ def check_process_sets():
         g = hvd.allgather(rank_tensor(seed, R, (rows(R), 2), dtype), process_set=mine)
         expect_equal(g, torch.cat([rank_tensor(seed, q, (rows(q), 2), dtype) for q in members]),
                      f"process set allgather {dtype}")
-        root = len(members) - 1  # counts within the set
+        root = members[-1]  # a global rank, as in Horovod
         b = hvd.broadcast(rank_tensor(seed, R, (7,), dtype), root, process_set=mine)
-        expect_equal(b, rank_tensor(seed, members[root], (7,), dtype),
-                     f"process set broadcast {dtype}")
+        expect_equal(b, rank_tensor(seed, root, (7,), dtype), f"process set broadcast {dtype}")
         x = rank_tensor(seed, R, (2 * len(members), 3), dtype)
         out = hvd.alltoall(x, process_set=mine)
         sr = mine.rank()
@@ -392,6 +391,14 @@ def check_process_sets():
     x = torch.full((mine.rank() + 1, 2), float(R), dtype=torch.float64, requires_grad=True)
     hvd.allgather(x, process_set=mine).sum().backward()
     expect_equal(x.grad, torch.ones_like(x), "process set allgather grad")
+    x = torch.full((3,), float(R), dtype=torch.float64, requires_grad=True)
+    hvd.broadcast(x, members[-1], process_set=mine).sum().backward()
+    expect_equal(x.grad, torch.full((3,), 1.0 if R == members[-1] else 0.0, dtype=torch.float64),
+                 "process set broadcast grad")
+    outsider = other.ranks[0] if other.ranks else None
+    if outsider is not None:
+        expect_raises(ValueError, lambda: hvd.broadcast(x, outsider, process_set=mine),
+                      "not in process set")
     expect_equal(hvd.synchronize(global_handle), torch.full((3,), float(sum(range(N)))),
                  "global allreduce beside process sets")
     # A set this rank is not in.
@@ -401,7 +408,7 @@ def check_process_sets():
         x = torch.arange(5.0)
         expect_equal(hvd.allreduce(x, process_set=single), x, "1-rank set allreduce")
         expect_equal(hvd.allgather(x, process_set=single), x, "1-rank set allgather")
-        expect_equal(hvd.broadcast(x, 0, process_set=single), x, "1-rank set broadcast")
+        expect_equal(hvd.broadcast(x, N - 1, process_set=single), x, "1-rank set broadcast")
     hvd.barrier()
     for ps in (even, odd, single):
         if ps is not None:

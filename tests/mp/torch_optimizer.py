@@ -2,9 +2,11 @@
 training on the whole batch (SGD with momentum and Adam, backward_passes_per_step 1 and 2,
 groups, predivide), gradients against every rank's recomputed gradients (unused parameters,
 compression, op=Sum, sparse, process sets), Horovod's usage errors, broadcast of parameters /
-optimizer state / objects, and SyncBatchNorm against torch.nn.BatchNorm on the whole batch.
+optimizer state / objects, SyncBatchNorm against torch.nn.BatchNorm on the whole batch, and
+join() with uneven batch counts.
 
 Run: mpirun -np N python tests/mp/torch_optimizer.py   (N = 2, 3, 4)"""
+import gc
 import warnings
 
 import torch
@@ -235,6 +237,28 @@ def check_usage_errors():
     assert any("skip_synchronize" in str(w.message) for w in caught)
     expect_same_on_all_ranks(params_of(model), "after usage checks")
 
+    # Grouped parameters count their backward passes too.
+    model = make_model()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(), groups=1)
+    F.mse_loss(model(x), y).backward()
+    expect_raises(AssertionError, lambda: F.mse_loss(model(x), y).backward(),
+                  "backward_passes_per_step")
+    opt.step()
+
+    # Wrapping a model's optimizer again: the dropped wrapper's hooks must not submit anything
+    # (the same names would be in flight twice).
+    model = make_model()
+    first = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                     named_parameters=model.named_parameters())
+    del first
+    gc.collect()
+    second = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                      named_parameters=model.named_parameters())
+    F.mse_loss(model(x), y).backward()
+    second.step()
+    expect_same_on_all_ranks(params_of(model), "after re-wrapping")
+
 
 # ---- broadcasts -------------------------------------------------------------------------------
 
@@ -303,6 +327,65 @@ def check_broadcasts():
     objects = hvd.allgather_object(R if R % 2 else str(R) * (R + 1))
     assert objects == [q if q % 2 else str(q) * (q + 1) for q in range(N)], objects
 
+    # Within process sets root_rank stays a global rank (Horovod's convention).
+    even = hvd.add_process_set(list(range(0, N, 2)))
+    odd = hvd.add_process_set(list(range(1, N, 2)))
+    mine = even if R % 2 == 0 else odd
+    root = mine.ranks[-1]
+    got = hvd.broadcast_object({"from": R} if R == root else None, root_rank=root,
+                               process_set=mine)
+    assert got == {"from": root}, got
+    model = make_model(seed=R)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=root, process_set=mine)
+    for i, (p, q) in enumerate(zip(model.parameters(), make_model(seed=root).parameters())):
+        expect_equal(p.detach(), q.detach(), f"broadcast_parameters in a process set, param {i}")
+    assert hvd.allgather_object(R, process_set=mine) == mine.ranks
+    hvd.remove_process_set(even)
+    hvd.remove_process_set(odd)
+
+
+# ---- join ------------------------------------------------------------------------------------
+
+def check_join():
+    """Rank q has q + 1 batches and then joins; while it waits, the others' averaged gradients
+    count it as zero (divided by the full size, as in Horovod). Every rank's weights are
+    checked against a replay of the whole run computed locally."""
+    lr, steps = 0.5, [q + 1 for q in range(N)]
+
+    def make():
+        torch.manual_seed(11)
+        return nn.Linear(3, 1).double()
+
+    def data(q, step):
+        g = torch.Generator().manual_seed(300 + 10 * q + step)
+        return torch.randn(4, 3, generator=g).double(), torch.randn(4, 1, generator=g).double()
+
+    model = make()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr),
+                                   named_parameters=model.named_parameters())
+    for step in range(steps[R]):
+        opt.zero_grad()
+        x, y = data(R, step)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    assert hvd.join() == N - 1
+
+    replay = make()
+    for step in range(steps[R]):
+        total = [torch.zeros_like(p) for p in replay.parameters()]
+        for q in range(N):
+            if steps[q] > step:  # ranks still training at this step
+                replay.zero_grad()
+                x, y = data(q, step)
+                F.mse_loss(replay(x), y).backward()
+                total = [t + p.grad for t, p in zip(total, replay.parameters())]
+        with torch.no_grad():
+            for t, p in zip(total, replay.parameters()):
+                p -= lr * t / N
+    for i, (got, exp) in enumerate(zip(model.parameters(), replay.parameters())):
+        expect_close(got.detach(), exp.detach(), f"join: param {i} after {steps[R]} steps",
+                     rtol=1e-12, atol=1e-14)
+
 
 # ---- SyncBatchNorm ---------------------------------------------------------------------------
 
@@ -362,6 +445,7 @@ def main():
     check_usage_errors()
     check_broadcasts()
     check_sync_batch_norm()
+    check_join()
     hvd.barrier()
     print(f"[rank {R}] torch_optimizer OK on {N} ranks", flush=True)
     hvd.shutdown()

@@ -118,11 +118,14 @@ MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
   if (ranks.empty()) return Dup(base);
   int world_size = 0;
   MPI_Comm_size(base, &world_size);
+  std::vector<bool> seen(world_size, false);
   for (int r : ranks) {
     if (r < 0 || r >= world_size) {
       throw InvalidArgument("rank " + std::to_string(r) + " is not in MPI_COMM_WORLD of size " +
                             std::to_string(world_size));
     }
+    if (seen[r]) throw InvalidArgument("rank " + std::to_string(r) + " is listed twice");
+    seen[r] = true;
   }
   MPI_Group world_group, group;
   CheckMpi(MPI_Comm_group(base, &world_group), "MPI_Comm_group");

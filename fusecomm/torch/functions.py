@@ -1,0 +1,90 @@
+"""Model and optimizer state helpers (horovod.torch.functions)."""
+import torch
+
+from fusecomm import ops as _numpy_ops
+from fusecomm.basics import global_process_set
+from fusecomm.torch.mpi_ops import broadcast_async_, rank, set_root_rank, synchronize
+
+
+def broadcast_parameters(params, root_rank, process_set=global_process_set):
+    """Overwrites, in place, every rank's parameters with root_rank's.
+
+    params: model.state_dict() (a dict), model.named_parameters() (pairs) or
+    model.parameters() (tensors), as a list or any other iterable. root_rank is a global rank
+    (a member of the process set)."""
+    if isinstance(params, dict):
+        items = sorted(params.items())
+    else:
+        try:
+            items = [p if isinstance(p, tuple) else (None, p) for p in params]
+        except TypeError:
+            raise ValueError(f"invalid params of type {type(params).__name__}: pass a dict or "
+                             "an iterable of tensors or (name, tensor) pairs") from None
+    # Submit everything first so the engine fuses, then wait.
+    handles = [broadcast_async_(p, root_rank, name, process_set=process_set)
+               for name, p in items]
+    for handle in handles:
+        synchronize(handle)
+
+
+def _describe(value):
+    """A state entry as sent by the root: tensors by shape and dtype (their values follow by
+    broadcast), anything else (step counters, flags) by value."""
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), value.dtype)
+    return ("value", value)
+
+
+def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_set):
+    """Makes every rank's optimizer state (per-parameter buffers and scalars such as Adam's
+    step) and options (lr, momentum, betas, ...) equal to root_rank's.
+
+    Unlike Horovod, this does not run a zero-gradient step to create missing state (which
+    changes parameters under weight decay): the root describes its state, the other ranks
+    allocate what they lack, the tensors are broadcast in place and the result is loaded."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("cannot broadcast torch.optim.LBFGS state")
+    state_dict = optimizer.state_dict()
+    is_root = rank() == root_rank
+    layout = None
+    if is_root:
+        layout = {"param_groups": state_dict["param_groups"],
+                  "state": {pid: {key: _describe(value) for key, value in entries.items()}
+                            for pid, entries in state_dict["state"].items()}}
+    layout = broadcast_object(layout, root_rank, name="optimizer_state_layout",
+                              process_set=process_set)
+
+    state, tensors = {}, []
+    for pid, entries in layout["state"].items():
+        mine = state_dict["state"].get(pid, {})
+        state[pid] = {}
+        for key, (kind, *spec) in entries.items():
+            if kind == "value":
+                state[pid][key] = spec[0]
+                continue
+            shape, dtype = spec
+            tensor = mine.get(key)
+            if not (torch.is_tensor(tensor) and tuple(tensor.shape) == shape
+                    and tensor.dtype == dtype):
+                tensor = torch.empty(shape, dtype=dtype)
+            state[pid][key] = tensor
+            tensors.append((f"optimizer_state.{pid}.{key}", tensor))
+    broadcast_parameters(tensors, root_rank, process_set=process_set)
+    if not is_root:
+        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+
+
+def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
+    """Pickles `obj` on root_rank (a global rank) and returns it, unpickled, on every rank of
+    the process set.
+
+    The default name does not depend on `obj`, so ranks passing None (the usual pattern) agree
+    with the root."""
+    return _numpy_ops.broadcast_object(obj, set_root_rank(root_rank, process_set),
+                                       name=f"torch.{name or 'object'}", process_set=process_set)
+
+
+def allgather_object(obj, name=None, process_set=global_process_set):
+    """Returns the list of every rank's `obj` (pickled), in rank order."""
+    return _numpy_ops.allgather_object(obj, name=f"torch.{name or 'object'}",
+                                       process_set=process_set)
