@@ -51,18 +51,21 @@ def resolve_op(op, average=None, default=Average):
     return int(op)
 
 
-def auto_name(op_type, name):
-    """Unnamed collectives get a per-operation counter, so ranks calling in the same order agree."""
+def auto_name(op_type, name, process_set_id=0):
+    """Unnamed collectives get a counter per operation and process set, so ranks calling in the
+    same order agree (an op on a set some ranks are not in must not shift the others' names)."""
     if name is not None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
         if not name:
             raise ValueError("name must not be empty")
         return name
+    key = (op_type, process_set_id)
     with _lock:
-        n = _name_counters.get(op_type, 0)
-        _name_counters[op_type] = n + 1
-    return f"{OP_NAMES[op_type]}.noname.{n}"
+        n = _name_counters.get(key, 0)
+        _name_counters[key] = n + 1
+    where = f"set{process_set_id}." if process_set_id else ""
+    return f"{OP_NAMES[op_type]}.noname.{where}{n}"
 
 
 def check_scale(factor, what):

@@ -91,6 +91,19 @@ def process_set_id(process_set):
     return process_set._id()
 
 
+def root_in_set(root_rank, process_set):
+    """Horovod names a broadcast's root by its global rank, also inside a process set; the
+    engine wants its index in the set."""
+    root = _engine.check_int(root_rank, "root_rank")
+    if process_set is None or process_set_id(process_set) == 0:
+        return root
+    ranks = _core.process_set_ranks(process_set_id(process_set))
+    if root not in ranks:
+        raise ValueError(f"root rank {root} is not in process set {ranks} (root_rank is a global "
+                         "rank, as in Horovod)")
+    return ranks.index(root)
+
+
 def init(comm=None, process_sets=None, **settings):
     """Starts fusecomm on this rank. Collective: every rank calls it.
 

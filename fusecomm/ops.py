@@ -8,7 +8,7 @@ from fusecomm import _engine
 from fusecomm._engine import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, JOIN,
                               REDUCESCATTER)
 from fusecomm._engine import Average, Sum
-from fusecomm.basics import global_process_set, process_set_id
+from fusecomm.basics import global_process_set, process_set_id, root_in_set
 
 
 def _as_array(tensor, what="tensor"):
@@ -56,10 +56,11 @@ def _engine_output(dtype):
 
 def _submit(op_type, array, output, name, finisher, **kwargs):
     ps = kwargs.pop("process_set", global_process_set)
-    return _engine.submit(op_type, _engine.auto_name(op_type, name),
+    ps_id = process_set_id(ps)
+    return _engine.submit(op_type, _engine.auto_name(op_type, name, ps_id),
                           _engine.dtype_code(array.dtype.name), array.shape, _ptr(array),
                           _ptr(output) if output is not None else 0, (array, output), finisher,
-                          process_set_id=process_set_id(ps), **kwargs)
+                          process_set_id=ps_id, **kwargs)
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,
@@ -137,8 +138,8 @@ def grouped_allgather(tensors, name=None, process_set=global_process_set):
 
 
 def _broadcast_into(array, output, root_rank, name, process_set):
-    return _submit(BROADCAST, array, output, name, lambda result: output, root=root_rank,
-                   process_set=process_set)
+    return _submit(BROADCAST, array, output, name, lambda result: output,
+                   root=root_in_set(root_rank, process_set), process_set=process_set)
 
 
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
@@ -244,7 +245,8 @@ def _pickled(obj):
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
     """Pickles `obj` on root_rank and returns it, unpickled, on every rank."""
-    name = name or type(obj).__name__
+    # A fixed default name: ranks other than the root usually pass None as obj.
+    name = name or "obj"
     payload = _pickled(obj)
     length = broadcast(np.array([payload.size], dtype=np.int64), root_rank,
                        name=f"broadcast_object.{name}.size", process_set=process_set)
@@ -256,7 +258,7 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set
 
 def allgather_object(obj, name=None, process_set=global_process_set):
     """Returns the list of every rank's `obj`, in rank order."""
-    name = name or type(obj).__name__
+    name = name or "obj"
     payload = _pickled(obj)
     sizes = allgather(np.array([payload.size], dtype=np.int64),
                       name=f"allgather_object.{name}.size", process_set=process_set)

@@ -3,7 +3,7 @@ import torch
 
 from fusecomm import ops as _numpy_ops
 from fusecomm.basics import global_process_set
-from fusecomm.torch.mpi_ops import broadcast_async_, rank, set_root_rank, synchronize
+from fusecomm.torch.mpi_ops import broadcast_async_, rank, synchronize
 
 
 def broadcast_parameters(params, root_rank, process_set=global_process_set):
@@ -80,7 +80,7 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set
 
     The default name does not depend on `obj`, so ranks passing None (the usual pattern) agree
     with the root."""
-    return _numpy_ops.broadcast_object(obj, set_root_rank(root_rank, process_set),
+    return _numpy_ops.broadcast_object(obj, root_rank,
                                        name=f"torch.{name or 'object'}", process_set=process_set)
 
 

@@ -7,8 +7,6 @@ a non-contiguous tensor work on a contiguous copy and write the result back at s
 The non-async functions are autograd-aware: gradients flow as in Horovod.
 """
 import operator
-import threading
-import weakref
 
 import torch
 
@@ -21,7 +19,8 @@ from fusecomm.basics import (ProcessSet, add_process_set, ccl_built, cross_rank,
                              cuda_built, ddl_built, global_process_set, gloo_built, gloo_enabled,
                              init, is_homogeneous, is_initialized, local_rank, local_size,
                              mpi_built, mpi_enabled, mpi_threads_supported, nccl_built,
-                             process_set_id, rank, remove_process_set, rocm_built, shutdown,
+                             process_set_id, rank, remove_process_set, rocm_built, root_in_set,
+                             shutdown,
                              size, start_timeline, stop_timeline)  # noqa: F401
 from fusecomm.exceptions import (CollectiveError, HorovodInternalError,  # noqa: F401
                                  NotInitializedError)
@@ -81,13 +80,6 @@ class _Raw(str):
     """A name that is already complete, as given to the members of a grouped operation."""
 
 
-# Per-process-set counters for unnamed operations on sets other than the global one. The
-# engine's counters are shared by all sets, so an unnamed op on a set that only some ranks
-# belong to would shift those ranks' counters and desynchronize later global names.
-_set_counters = weakref.WeakKeyDictionary()
-_set_counters_lock = threading.Lock()
-
-
 def _op_name(op_type, name, process_set=None):
     """Horovod prefixes every name with its operation ('allreduce.<name>'), so an allreduce and
     a broadcast may share a user name; unnamed ops get a per-op (and per-set) counter."""
@@ -95,12 +87,7 @@ def _op_name(op_type, name, process_set=None):
         return str(name)
     if name is not None:
         return f"{OP_NAMES[op_type]}.{_engine.auto_name(op_type, name)}"
-    if process_set is None or process_set_id(process_set) == 0:
-        return _engine.auto_name(op_type, None)
-    with _set_counters_lock:
-        counters = _set_counters.setdefault(process_set, {})
-        n = counters[op_type] = counters.get(op_type, -1) + 1
-    return f"{OP_NAMES[op_type]}.noname.set{process_set_id(process_set)}.{n}"
+    return _engine.auto_name(op_type, None, process_set_id(process_set))
 
 
 def _ptr(tensor):
@@ -417,27 +404,9 @@ def grouped_allgather(tensors, name=None, process_set=global_process_set):
 
 # ---- broadcast --------------------------------------------------------------------------------
 
-def set_root_rank(root_rank, process_set):
-    """The engine's root (a rank within the process set) for Horovod's root_rank, which is a
-    global rank also when a process set is given."""
-    try:
-        if isinstance(root_rank, bool):
-            raise TypeError
-        root_rank = operator.index(root_rank)  # ints, NumPy and 0-dim tensor integers
-    except TypeError:
-        raise TypeError(f"root_rank must be an integer, not {type(root_rank).__name__}") \
-            from None
-    if process_set_id(process_set) == 0:
-        return root_rank  # the engine checks the range
-    if root_rank not in process_set.ranks:
-        raise ValueError(f"root rank {root_rank} is not in process set {process_set.ranks} "
-                         "(root_rank is a global rank, as in Horovod)")
-    return process_set.ranks.index(root_rank)
-
-
 def _broadcast_async(buffer, output, finisher, root_rank, name, process_set):
     return _submit(BROADCAST, buffer, output, name, finisher, process_set,
-                   root=set_root_rank(root_rank, process_set))
+                   root=root_in_set(root_rank, process_set))
 
 
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
