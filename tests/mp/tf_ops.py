@@ -290,6 +290,51 @@ def check_variables_objects_barrier(n, r):
     assert_close(b, np.full(5, n * (n + 1) / 2, np.float32), "ordered b")
 
 
+def check_process_set(n, r):
+    """Collectives and gradient averaging restricted to the first and last rank."""
+    if n < 3:
+        return
+    ps = hvd.add_process_set(hvd.ProcessSet([0, n - 1]))
+    try:
+        if not ps.included():
+            return
+        members = (0, n - 1)
+        got = hvd.allreduce(tf.fill([4], float(r + 1)), op=hvd.Sum, process_set=ps)
+        assert_close(got, np.full(4, 2.0 + n - 1, np.float32), "process set allreduce")
+        got = tf.function(lambda t: hvd.allgather(t, process_set=ps))(tf.fill([r + 1, 2], float(r)))
+        want = np.concatenate([np.full((q + 1, 2), q, np.float32) for q in members])
+        assert_close(got, want, "process set allgather in tf.function")
+        got = hvd.broadcast(tf.fill([3], float(r)), n - 1, process_set=ps)  # a global rank
+        assert_close(got, np.full(3, n - 1, np.float32), "process set broadcast")
+        v = tf.Variable([1.0, 2.0])
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(v * (r + 1))
+        grad = hvd.DistributedGradientTape(tape, process_set=ps).gradient(loss, [v])[0]
+        assert_close(grad, np.full(2, (1 + n) / 2, np.float32), "process set tape")
+    finally:
+        hvd.remove_process_set(ps)
+
+
+def check_join(n, r):
+    """Rank r has r + 1 steps, then joins; the others' reductions go on with its zeros, eagerly,
+    in tf.function and through DistributedGradientTape."""
+    step_graph = tf.function(lambda t: hvd.allreduce(t, op=hvd.Sum))
+    v = tf.Variable([1.0, 1.0])
+    for s in range(r + 1):
+        active = [q for q in range(n) if q >= s]
+        want = sum(q + 1.0 for q in active)
+        got = hvd.allreduce(tf.fill([3], r + 1.0), op=hvd.Sum, name="join.eager")
+        assert_close(got, np.full(3, want, np.float32), f"eager step {s} before join")
+        assert_close(step_graph(tf.fill([2], r + 1.0)), np.full(2, want, np.float32),
+                     f"tf.function step {s} before join")
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(v) * (r + 1)
+        grad = hvd.DistributedGradientTape(tape).gradient(loss, [v])[0]
+        assert_close(grad, np.full(2, want / n, np.float32), f"tape step {s} before join")
+    last = hvd.join() if r % 2 else int(tf.function(hvd.join)())
+    assert last == n - 1, last
+
+
 def check_errors_across_ranks(n, r):
     """Ranks that disagree get an error naming the tensor, eagerly and inside tf.function."""
     shape = [3] if r == 0 else [4]
@@ -319,6 +364,8 @@ def run_checks(n, r):
     check_compression_and_sparse(n, r)
     check_gradients(n, r)
     check_variables_objects_barrier(n, r)
+    check_process_set(n, r)
+    check_join(n, r)
     check_errors_across_ranks(n, r)
     hvd.barrier()
     if r == 0:

@@ -46,7 +46,8 @@ class BatchLog:
             self.batches.append(len(items))
             return self._run(items, names, arrays)
 
-        fusecomm._engine.submit, fusecomm._engine.synchronize, mpi_ops._run_numpy = submit, sync, run
+        fusecomm._engine.submit, fusecomm._engine.synchronize = submit, sync
+        mpi_ops._run_numpy = run
         return self
 
     def __exit__(self, *exc):
@@ -118,8 +119,10 @@ def check_gradient_tape(n, r):
         ("sparse_as_dense, eager", False,
          lambda t: hvd.DistributedGradientTape(t, sparse_as_dense=True), lr, 2e-6),
         ("predivide + groups, tf.function", True,
-         lambda t: hvd.DistributedGradientTape(t, gradient_predivide_factor=2.0, groups=2), lr, 2e-6),
-        ("op=Sum at lr/n", True, lambda t: hvd.DistributedGradientTape(t, op=hvd.Sum), lr / n, 2e-6),
+         lambda t: hvd.DistributedGradientTape(t, gradient_predivide_factor=2.0, groups=2), lr,
+         2e-6),
+        ("op=Sum at lr/n", True, lambda t: hvd.DistributedGradientTape(t, op=hvd.Sum), lr / n,
+         2e-6),
         ("fp16 wire", True,
          lambda t: hvd.DistributedGradientTape(t, compression=hvd.Compression.fp16), lr, 3e-3),
     ]
@@ -235,6 +238,18 @@ def check_backward_passes(n, r):
     assert int(opt.iterations.numpy()) == 2 * STEPS  # every backward pass counts
 
 
+def check_model_built_in_first_step(n, r):
+    """No Input layer: the weights exist only after the first step, and still end identical."""
+    _, feats, y = data(4)
+    keras.utils.set_random_seed(200 + r)
+    model = keras.Sequential([keras.layers.Dense(OUT)])
+    model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1)),
+                  loss="mse")
+    model.fit(shard(feats, n, r), shard(y, n, r), batch_size=GLOBAL_BATCH // n, shuffle=False,
+              verbose=0, callbacks=[hvd_keras.callbacks.BroadcastGlobalVariablesCallback(0)])
+    same_on_all_ranks(model.get_weights(), "model built in its first step")
+
+
 def embedding_model():
     keras.utils.set_random_seed(3)
     ids = keras.Input((3,), dtype="int64")
@@ -243,18 +258,25 @@ def embedding_model():
 
 
 def check_custom_loop(n, r):
-    """apply_gradients in a tf.function with sparse (embedding) gradients, average and Sum."""
+    """apply_gradients / apply in a tf.function with sparse (embedding) gradients, average and
+    Sum."""
     ids, _, y = data(3)
     local_ids, local_y = shard(ids, n, r), shard(y, n, r)
     lr = 0.3
 
-    def train(model, opt, ids_, y_, batch):
+    def train(model, opt, ids_, y_, batch, use_apply=False):
+        if use_apply:  # apply(grads) alone needs the optimizer built on the variables
+            opt.build(model.trainable_variables)
+
         @tf.function
         def step(i, t):
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(tf.square(model(i) - t))
-            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                    model.trainable_variables))
+            grads = tape.gradient(loss, model.trainable_variables)
+            if use_apply:
+                opt.apply(grads)
+            else:
+                opt.apply_gradients(zip(grads, model.trainable_variables))
 
         for s in range(STEPS):
             step(tf.constant(ids_[s * batch:(s + 1) * batch]),
@@ -262,15 +284,15 @@ def check_custom_loop(n, r):
         return model.get_weights()
 
     ref = train(embedding_model(), keras.optimizers.SGD(lr), ids, y, GLOBAL_BATCH)
-    for what, opt, tol in (
-            ("sparse", hvd_keras.DistributedOptimizer(keras.optimizers.SGD(lr)), 2e-6),
-            ("sparse_as_dense", hvd_keras.DistributedOptimizer(
-                keras.optimizers.SGD(lr), sparse_as_dense=True), 2e-6),
+    for what, opt, use_apply in (
+            ("sparse", hvd_keras.DistributedOptimizer(keras.optimizers.SGD(lr)), False),
+            ("sparse_as_dense, apply(grads)", hvd_keras.DistributedOptimizer(
+                keras.optimizers.SGD(lr), sparse_as_dense=True), True),
             ("op=Sum at lr/n", hvd_keras.DistributedOptimizer(keras.optimizers.SGD(lr / n),
-                                                              op=hvd.Sum), 2e-6)):
-        got = train(embedding_model(), opt, local_ids, local_y, GLOBAL_BATCH // n)
+                                                              op=hvd.Sum), False)):
+        got = train(embedding_model(), opt, local_ids, local_y, GLOBAL_BATCH // n, use_apply)
         for g, want in zip(got, ref):
-            assert_close(g, want, f"custom loop {what}", rtol=tol)
+            assert_close(g, want, f"custom loop {what}", rtol=2e-6)
         same_on_all_ranks(got, f"custom loop {what}")
 
 
@@ -278,6 +300,7 @@ def run_checks(n, r):
     check_gradient_tape(n, r)
     check_fit(n, r)
     check_backward_passes(n, r)
+    check_model_built_in_first_step(n, r)
     check_custom_loop(n, r)
     hvd.barrier()
     if r == 0:

@@ -1,0 +1,180 @@
+"""Gradient averaging shared by DistributedGradientTape and the Keras DistributedOptimizer."""
+import warnings
+import zlib
+
+import tensorflow as tf
+
+from fusecomm import _engine
+from fusecomm._engine import Average
+from fusecomm.basics import global_process_set, process_set_id
+from fusecomm.tensorflow.compression import Compression
+from fusecomm.tensorflow.mpi_ops import reduce_group
+
+
+def check_groups(groups, num_groups=0):
+    """Horovod's rules for `groups` (and the deprecated `num_groups`)."""
+    if num_groups:
+        warnings.warn("num_groups is deprecated; use groups", DeprecationWarning, stacklevel=3)
+        if groups is None:
+            groups = num_groups
+    if groups is None:
+        return None
+    if isinstance(groups, list):
+        if not all(isinstance(g, (list, tuple)) for g in groups):
+            raise ValueError("groups must be a positive integer or a list of lists of variables")
+        return groups
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ValueError("groups must be a positive integer or a list of lists of variables")
+    return groups
+
+
+class GradientReducer:
+    """Averages (or sums, ...) a step's gradients across the process set as ONE batch.
+
+    Called with the gradient list (None entries allowed) and the matching variables; returns the
+    reduced list in the same order."""
+
+    def __init__(self, prefix, compression=Compression.none, sparse_as_dense=False, op=Average,
+                 gradient_predivide_factor=1.0, groups=None, process_set=global_process_set,
+                 device_dense="", device_sparse=""):
+        op = _engine.resolve_op(op)
+        predivide = _engine.check_scale(gradient_predivide_factor, "gradient_predivide_factor")
+        if predivide <= 0:
+            raise ValueError("gradient_predivide_factor must be positive")
+        if predivide != 1.0 and op != Average:
+            raise ValueError("gradient_predivide_factor is only defined for op=Average")
+        process_set_id(process_set)
+        self.prefix = prefix
+        self.compression = compression
+        self.sparse_as_dense = bool(sparse_as_dense)
+        self.op = op
+        # Average = sum / n: split as (1/f before the sum) and (f/n after), as Horovod does.
+        self.prescale, self.postscale = 1.0 / predivide, predivide
+        self.groups = check_groups(groups)
+        self.process_set = process_set
+        self.device_dense, self.device_sparse = device_dense, device_sparse
+
+    def _order(self, grads, variables):
+        """Submission order: members of each explicit group next to each other, so the engine's
+        fusion packs a group together; the others after, in their own order."""
+        if not isinstance(self.groups, list) or variables is None:
+            return list(range(len(grads)))
+        position = {id(_unwrap(v)): i for i, v in enumerate(variables)}
+        order, seen = [], set()
+        for group in self.groups:
+            for v in group:
+                i = position.get(id(_unwrap(v)))
+                if i is not None and i not in seen:
+                    order.append(i)
+                    seen.add(i)
+        return order + [i for i in range(len(grads)) if i not in seen]
+
+    def name(self, grads):
+        # Stable over steps (so the engine's response cache hits) and across ranks: the layout
+        # of the gradient list, not anything that counts calls.
+        layout = "|".join("-" if g is None else f"{type(g).__name__}:{g.dtype.name}:{g.shape}"
+                          for g in grads)
+        return f"{self.prefix}.{zlib.crc32(layout.encode()):08x}"
+
+    def __call__(self, grads, variables=None):
+        grads = list(grads)
+        if self.sparse_as_dense:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in grads]
+        ps = self.process_set
+        if not ps.included() or ps.size() == 1 or all(g is None for g in grads):
+            return grads
+        order = self._order(grads, variables)
+        with tf.device(self.device_dense):
+            reduced = reduce_group([grads[i] for i in order], self.op, self.prescale,
+                                   self.postscale, self.compression, self.name(grads), ps,
+                                   differentiable=False)
+        result = [None] * len(grads)
+        for i, value in zip(order, reduced):
+            result[i] = value
+        return result
+
+
+def _unwrap(variable):
+    # keras.Variable wraps a tf.Variable; either may be listed in `groups`.
+    if isinstance(variable, tf.Variable):
+        return variable
+    return getattr(variable, "value", variable)
+
+
+class _DistributedGradientTape(tf.GradientTape):
+    """Wraps a tf.GradientTape: everything goes to the wrapped tape, and gradient() returns the
+    gradients reduced across ranks. The wrapped tape's state is never copied, so it does not
+    matter whether it is wrapped inside or after its `with` block."""
+
+    def __init__(self, tape, reducer):  # pylint: disable=super-init-not-called
+        self._fc_tape = tape
+        self._fc_reducer = reducer
+
+    def __enter__(self):
+        self._fc_tape.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._fc_tape.__exit__(*exc)
+
+    def __getattr__(self, name):
+        # Anything not defined here (watch, reset, stop_recording, jacobian, ... and attributes
+        # of custom tape classes) belongs to the wrapped tape.
+        if name.startswith("_fc_"):
+            raise AttributeError(name)
+        return getattr(self._fc_tape, name)
+
+    def watch(self, tensor):
+        return self._fc_tape.watch(tensor)
+
+    def stop_recording(self):
+        return self._fc_tape.stop_recording()
+
+    def reset(self):
+        return self._fc_tape.reset()
+
+    def watched_variables(self):
+        return self._fc_tape.watched_variables()
+
+    def jacobian(self, *args, **kwargs):
+        return self._fc_tape.jacobian(*args, **kwargs)
+
+    def batch_jacobian(self, *args, **kwargs):
+        return self._fc_tape.batch_jacobian(*args, **kwargs)
+
+    def gradient(self, target, sources, output_gradients=None,
+                 unconnected_gradients=tf.UnconnectedGradients.NONE):
+        grads = self._fc_tape.gradient(target, sources, output_gradients, unconnected_gradients)
+        flat_grads = tf.nest.flatten(grads)
+        reduced = self._fc_reducer(flat_grads, tf.nest.flatten(sources))
+        return tf.nest.pack_sequence_as(grads, reduced)
+
+
+def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
+                            compression=Compression.none, sparse_as_dense=False, op=Average,
+                            gradient_predivide_factor=1.0, num_groups=0, groups=None,
+                            process_set=global_process_set):
+    """A tape whose gradient() returns the gradients combined across the process set (default:
+    averaged). All gradients of a call travel as one fused batch.
+
+    gradtape: the tf.GradientTape to wrap (inside or after its `with` block).
+    compression: Compression.none / fp16 / bf16 for dense gradients on the wire.
+    sparse_as_dense: turn tf.IndexedSlices gradients into dense tensors and all-reduce them;
+        otherwise they are all-gathered (values and indices).
+    op: Average (default), Sum, Min, Max or Product.
+    gradient_predivide_factor: with op=Average, scale by 1/f before the sum and f/size after.
+    groups: a positive integer (accepted; every gradient is already one batch) or a list of
+        lists of variables submitted next to each other so the engine fuses each group together.
+    num_groups: deprecated spelling of an integer `groups`.
+    device_dense, device_sparse: TF devices for the casts around the transfer.
+    process_set: the ranks to reduce over.
+    """
+    if not isinstance(gradtape, tf.GradientTape):
+        raise TypeError(f"DistributedGradientTape wraps a tf.GradientTape, not "
+                        f"{type(gradtape).__name__}")
+    groups = check_groups(groups, num_groups)
+    reducer = GradientReducer("DistributedGradientTape", compression, sparse_as_dense, op,
+                              gradient_predivide_factor, groups, process_set, device_dense,
+                              device_sparse)
+    return _DistributedGradientTape(gradtape, reducer)
