@@ -6,13 +6,16 @@ import fusecomm
 from fusecomm import _core
 
 
-def _framework_version(module, dist):
+def _framework_version(module, *dists):
+    """The installed version of `module`, from the first distribution that provides it."""
     if importlib.util.find_spec(module) is None:
         return None
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown version"
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown version"
 
 
 def report():
@@ -24,8 +27,8 @@ def report():
     except ImportError:
         mpicc = mpiexec = "unknown"
     torch_version = _framework_version("torch", "torch")
-    tf_version = (_framework_version("tensorflow", "tensorflow")
-                  or _framework_version("tensorflow", "tensorflow-cpu"))
+    tf_version = _framework_version("tensorflow", "tensorflow", "tensorflow-cpu",
+                                    "tensorflow-gpu", "tf-nightly")
 
     def mark(flag):
         return "[X]" if flag else "[ ]"
