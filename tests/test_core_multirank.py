@@ -73,3 +73,11 @@ def test_timeline_of_a_four_rank_run_parses(tmp_path):
 
     events = json.loads(env_path.read_text())
     assert any(e.get("name") == "ALLREDUCE" for e in events)
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_randomized_stress_with_threads(ranks):
+    """3 threads per rank, 600 random collectives each (1,800 per rank), every result checked."""
+    seed = random.randrange(1 << 16)
+    out = run_ranks("stress.py", ranks, seed, 600, timeout=300)
+    assert out.count(": OK (1800 collectives)") == ranks, out
