@@ -3,6 +3,7 @@
 mpirun forwards each rank's output, so a marker line on stderr reaches the launcher from any
 host; the launcher reads the markers to say which rank failed first and to exit non-zero."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,13 +12,13 @@ MARKER = "[fusecomm run] "
 
 
 def exit_status(marker_text):
-    """The exit status a shell would report for the rank a marker describes."""
-    words = marker_text.split()
-    if "code" in words:
-        return int(words[words.index("code") + 1])
-    if "signal" in words:
-        return 128 + int(words[words.index("signal") + 1])
-    return None
+    """The exit status a shell would report for the rank a marker describes (other ranks'
+    output may be glued to the marker's line, so only the numbers right after count)."""
+    code = re.search(r"exited with code (-?\d+)", marker_text)
+    if code:
+        return int(code.group(1))
+    sig = re.search(r"killed by signal (\d+)", marker_text)
+    return 128 + int(sig.group(1)) if sig else None
 
 
 def rank_id():

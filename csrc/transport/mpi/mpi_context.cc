@@ -1,8 +1,13 @@
 #include "transport/mpi/mpi_context.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <thread>
 
+#include "common/config.h"
 #include "common/errors.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
@@ -102,7 +107,19 @@ void FinalizeMpiIfOwned() {
   MPI_Finalized(&finalized);
   // MPI_Finalize is collective in practice: with a dead peer it could hang, so it is skipped
   // (the launcher reports the job as failed, which it has).
-  if (g_we_initialized && !finalized && !TransportAborted()) MPI_Finalize();
+  if (!g_we_initialized || finalized || TransportAborted()) return;
+  // A peer that left without finalizing (os._exit) would hold this rank here forever: a
+  // watchdog ends the process after the liveness timeout instead.
+  const double limit = std::max(5.0, EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", 15.0));
+  std::thread([limit] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(limit));
+    std::fprintf(stderr,
+                 "[fusecomm] MPI_Finalize did not complete in %.0f s (a peer left without "
+                 "finalizing); exiting without it\n", limit);
+    std::fflush(stderr);
+    std::_Exit(1);
+  }).detach();
+  MPI_Finalize();
 }
 
 std::string MpiLibraryVersion() {
