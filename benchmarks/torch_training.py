@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from throughput_plot import plot_throughput  # noqa: E402  (benchmarks/)
+
 FRAMEWORKS = ("fusecomm", "ddp")
 RESULT_TAG = "RESULT "
 
@@ -198,32 +200,7 @@ def report(args, results):
 
 
 def plot(path, results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for framework in FRAMEWORKS:
-        rows = sorted((r for r in results if r["framework"] == framework),
-                      key=lambda r: r["ranks"])
-        if not rows:
-            continue
-        ranks = [r["ranks"] for r in rows]
-        left.plot(ranks, [r["samples_per_s"] for r in rows], marker="o", label=framework)
-        if rows[0]["scaling_efficiency"] is not None:
-            right.plot(ranks, [r["scaling_efficiency"] for r in rows], marker="o",
-                       label=framework)
-    left.set(xlabel="ranks", ylabel="samples/s", title="training throughput")
-    right.set(xlabel="ranks", ylabel="efficiency", title="scaling efficiency", ylim=(0, 1.1))
-    right.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    for ax in (left, right):
-        ax.set_xticks(sorted({r["ranks"] for r in results}))
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"plot written to {path}")
+    plot_throughput(path, results, FRAMEWORKS, "PyTorch training throughput", "scaling_efficiency")
 
 
 def main():
