@@ -33,6 +33,15 @@ def _run_hook(optimizer_ref, p, *_):
         optimizer._gradient_ready(p)
 
 
+def _check_before_accumulate(optimizer_ref, p, grad):
+    """Runs before autograd adds a new gradient into p.grad: one pass too many must fail here,
+    before the write, because the pending allreduce is still reading p.grad in place."""
+    optimizer = optimizer_ref()
+    if optimizer is not None:
+        optimizer._check_pass_allowed(p)
+    return None  # the gradient itself is unchanged
+
+
 def _remove_hooks(handles):
     for handle in handles:
         handle.remove()
@@ -99,6 +108,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for p in params:
             self._requires_update.add(p)
             hook = functools.partial(_run_hook, this, p)
+            self._hook_handles.append(
+                p.register_hook(functools.partial(_check_before_accumulate, this, p)))
             if hasattr(p, "register_post_accumulate_grad_hook"):  # torch >= 2.1
                 self._hook_handles.append(p.register_post_accumulate_grad_hook(hook))
             else:
@@ -128,12 +139,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._p_to_group[p] = group
             self._group_counts[group] = 0
 
-    def _gradient_ready(self, p):
-        """p.grad has been accumulated by backward: submit its allreduce on the last pass."""
+    def _check_pass_allowed(self, p):
         if self._allreduce_delay[p] <= 0:  # already submitted since the last step()
             raise AssertionError(
                 "Gradients were computed more than backward_passes_per_step times before call "
                 "to step(). Increase backward_passes_per_step to accumulate gradients locally.")
+
+    def _gradient_ready(self, p):
+        """p.grad has been accumulated by backward: submit its allreduce on the last pass."""
+        self._check_pass_allowed(p)
         self._allreduce_delay[p] -= 1
         if self._allreduce_delay[p] > 0:
             self._handles[p] = (None, None)  # accumulating locally
