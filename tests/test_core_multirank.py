@@ -81,3 +81,17 @@ def test_randomized_stress_with_threads(ranks):
     seed = random.randrange(1 << 16)
     out = run_ranks("stress.py", ranks, seed, 600, timeout=300)
     assert out.count(": OK (1800 collectives)") == ranks, out
+
+
+@pytest.mark.parametrize("mode", ["slow_inter", "uniform"])
+def test_cost_model_two_link_classes(mode, tmp_path):
+    """Predictions follow the α-β-γ formulas per link class, and a slow inter-node link moves
+    auto's choice for large buffers to a two-level algorithm."""
+    beta_inter = 2e-9 if mode == "slow_inter" else 1e-10
+    calibration = tmp_path / "model.txt"
+    calibration.write_text(
+        f"alpha_intra 1e-05\nbeta_intra 1e-10\nalpha_inter 1e-05\nbeta_inter {beta_inter}\n"
+        "gamma 5e-11\nnative_small 1e-06\nnative_mid 0.001\nnative_large 0.01\n")
+    out = run_ranks("core_cost_model.py", 4, calibration, mode,
+                    env={"FUSECOMM_LOCAL_SIZE": "2", "FUSECOMM_CALIBRATION_FILE": str(calibration)})
+    assert out.count(": OK") == 4, out

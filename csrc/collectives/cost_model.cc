@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "collectives/allreduce.h"
@@ -42,6 +43,46 @@ AlgorithmCost CostOf(AllreduceAlgorithm algorithm, const Topology& topo, size_t 
   }
 }
 
+AlgorithmCost Minus(AlgorithmCost a, AlgorithmCost b) {
+  return {a.steps - std::min(a.steps, b.steps), a.bytes_sent - std::min(a.bytes_sent, b.bytes_sent)};
+}
+
+// The busiest rank's cost divided by the links it uses. Nodes are consecutive ranks, so a ring
+// or exchange over all ranks crosses nodes whenever there are several, and a pipelined schedule
+// runs at the pace of its slowest link: all of it is charged to the inter-node link. The
+// two-level schemes pay inter-node prices only for their cross-node phase.
+struct LinkCost {
+  AlgorithmCost intra, inter;
+};
+
+LinkCost SplitByLink(AllreduceAlgorithm algorithm, const Topology& topo, size_t bytes) {
+  const AlgorithmCost total = CostOf(algorithm, topo, bytes, 1);
+  const int nodes = static_cast<int>(topo.node_sizes.size());
+  if (nodes <= 1) return {total, {}};
+  AlgorithmCost inter;
+  switch (algorithm) {
+    case AllreduceAlgorithm::kHierarchical:
+      inter = RingAllreduceCost(nodes, 0, bytes, 1);
+      break;
+    case AllreduceAlgorithm::kHierarchicalScatter:
+      if (!topo.homogeneous) return {{}, total};  // runs the global ring
+      inter = RingAllreduceCost(nodes, 0, EvenBlockCounts(bytes, topo.node_sizes[0])[0], 1);
+      break;
+    case AllreduceAlgorithm::kTorus2D: {
+      const int p = topo.global->size(), x = topo.torus_x;
+      // Rows are x consecutive ranks: inside a node when every node holds whole rows.
+      bool rows_in_nodes = true;
+      for (int k : topo.node_sizes) rows_in_nodes = rows_in_nodes && k % x == 0;
+      if (!rows_in_nodes || p / x < 1) return {{}, total};
+      inter = RingAllreduceCost(p / x, 0, EvenBlockCounts(bytes, x)[0], 1);
+      break;
+    }
+    default:
+      return {{}, total};
+  }
+  return {Minus(total, inter), inter};
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -69,9 +110,11 @@ double CostModel::Predict(AllreduceAlgorithm algorithm, const Topology& topo, si
     return native_mid + (native_large - native_mid) * double(bytes - kMid) / double(kLarge - kMid);
   }
   // Costs are in elements; evaluate on bytes (1-byte elements) so the model is dtype-free.
-  AlgorithmCost cost = CostOf(algorithm, topo, bytes, 1);
+  const LinkCost cost = SplitByLink(algorithm, topo, bytes);
+  const double sent = double(cost.intra.bytes_sent) + double(cost.inter.bytes_sent);
   // About half of what a rank sends it has also reduced (reduce-scatter half of the schemes).
-  return cost.steps * alpha + cost.bytes_sent * beta + 0.5 * cost.bytes_sent * gamma;
+  return cost.intra.steps * alpha_intra + cost.intra.bytes_sent * beta_intra +
+         cost.inter.steps * alpha_inter + cost.inter.bytes_sent * beta_inter + 0.5 * sent * gamma;
 }
 
 AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, size_t bytes) {
@@ -95,12 +138,23 @@ AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, si
   return best;
 }
 
+namespace {
+
+// The parameters by name, for the cache file and `fusecomm bench calibrate`.
+std::vector<std::pair<const char*, double*>> Fields(CostModel& m) {
+  return {{"alpha_intra", &m.alpha_intra}, {"beta_intra", &m.beta_intra},
+          {"alpha_inter", &m.alpha_inter}, {"beta_inter", &m.beta_inter},
+          {"gamma", &m.gamma},             {"native_small", &m.native_small},
+          {"native_mid", &m.native_mid},   {"native_large", &m.native_large}};
+}
+
+}  // namespace
+
 std::string CostModel::ToText() const {
   std::ostringstream out;
   out.precision(6);
-  out << "alpha " << alpha << "\nbeta " << beta << "\ngamma " << gamma << "\nnative_small "
-      << native_small << "\nnative_mid " << native_mid << "\nnative_large " << native_large
-      << "\n";
+  CostModel copy = *this;
+  for (const auto& [key, value] : Fields(copy)) out << key << " " << *value << "\n";
   return out.str();
 }
 
@@ -108,23 +162,42 @@ bool CostModel::FromText(const std::string& text, CostModel* out) {
   std::istringstream in(text);
   std::string key;
   double value;
-  int seen = 0;
   CostModel m;
+  auto fields = Fields(m);
+  size_t seen = 0;
   while (in >> key >> value) {
-    if (key == "alpha") m.alpha = value;
-    else if (key == "beta") m.beta = value;
-    else if (key == "gamma") m.gamma = value;
-    else if (key == "native_small") m.native_small = value;
-    else if (key == "native_mid") m.native_mid = value;
-    else if (key == "native_large") m.native_large = value;
-    else continue;
-    ++seen;
+    for (auto& [name, slot] : fields) {
+      if (key == name) {
+        *slot = value;
+        ++seen;
+      }
+    }
   }
-  if (seen != 6) return false;
+  if (seen != fields.size()) return false;  // an older or partial file: calibrate afresh
   m.calibrated = true;
   *out = m;
   return true;
 }
+
+namespace {
+
+// α and β of one link class from a ring exchange of 8 B and 1 MiB on `comm` (every rank sends
+// right and receives from the left at once, as the ring schedules do). {-1, -1} when the comm
+// has one rank: nothing to measure here.
+std::pair<double, double> MeasureLink(Comm* comm, void* send, void* recv, int reps) {
+  if (comm == nullptr || comm->size() < 2) return {-1.0, -1.0};
+  const int p = comm->size();
+  const int right = (comm->rank() + 1) % p, left = (comm->rank() + p - 1) % p;
+  auto exchange = [&](size_t bytes) {
+    comm->SendRecv(send, bytes, right, recv, bytes, left, /*tag=*/9001);
+  };
+  exchange(kLarge);  // warm up the transport's buffers
+  const double t_small = TimeIt(reps, [&] { exchange(kSmall); });
+  const double t_large = TimeIt(reps, [&] { exchange(kLarge); });
+  return {t_small, std::max(0.0, (t_large - t_small) / double(kLarge - kSmall))};
+}
+
+}  // namespace
 
 CostModel CalibrateCostModel(const Topology& topo) {
   Comm& comm = *topo.global;
@@ -134,35 +207,40 @@ CostModel CalibrateCostModel(const Topology& topo) {
   MemoryOps& mem = comm.memory();
   auto send = mem.Allocate(kLarge), recv = mem.Allocate(kLarge);
   std::memset(send.get(), 0, kLarge);
-  const int right = (comm.rank() + 1) % p, left = (comm.rank() + p - 1) % p;
-  auto exchange = [&](size_t bytes) {
-    comm.SendRecv(send.get(), bytes, right, recv.get(), bytes, left, /*tag=*/9001);
-  };
   const int reps = 7;
-  exchange(kLarge);  // warm up the transport's buffers
-  double t_small = TimeIt(reps, [&] { exchange(kSmall); });
-  double t_large = TimeIt(reps, [&] { exchange(kLarge); });
+  // Every node measures its own links at once, and every cross-node ring likewise: the load the
+  // two-level schemes put on them. With one node, or one rank per node, the global ring stands
+  // in for the class that has no link of its own.
+  const bool one_node = topo.node_sizes.size() <= 1;
+  const auto intra = MeasureLink(one_node ? &comm : topo.local.get(), send.get(), recv.get(), reps);
+  const auto inter = MeasureLink(one_node ? nullptr : topo.cross.get(), send.get(), recv.get(), reps);
   auto native = [&](size_t bytes) {
     return TimeIt(reps, [&] {
       comm.NativeAllreduce(send.get(), bytes / 4, DataType::kFloat32, ReduceOp::kSum);
     });
   };
   comm.NativeAllreduce(send.get(), kLarge / 4, DataType::kFloat32, ReduceOp::kSum);
-  double values[6] = {
-      t_small,
-      std::max(0.0, (t_large - t_small) / double(kLarge - kSmall)),
+  double values[8] = {
+      intra.first, intra.second, inter.first, inter.second,
       TimeIt(reps, [&] {
         mem.ReduceInto(recv.get(), send.get(), kLarge / 4, DataType::kFloat32, ReduceOp::kSum);
       }) / double(kLarge),
       native(kSmall), native(kMid), native(kLarge)};
   // The slowest rank sets the pace; agreeing on it makes every rank choose alike.
-  comm.NativeAllreduce(values, 6, DataType::kFloat64, ReduceOp::kMax);
-  model.alpha = values[0];
-  model.beta = values[1];
-  model.gamma = values[2];
-  model.native_small = values[3];
-  model.native_mid = values[4];
-  model.native_large = values[5];
+  comm.NativeAllreduce(values, 8, DataType::kFloat64, ReduceOp::kMax);
+  // A class no rank could measure (-1 everywhere) takes the other's values.
+  for (int i = 0; i < 2; ++i) {
+    if (values[i] < 0) values[i] = values[i + 2];
+    if (values[i + 2] < 0) values[i + 2] = values[i];
+  }
+  model.alpha_intra = values[0];
+  model.beta_intra = values[1];
+  model.alpha_inter = values[2];
+  model.beta_inter = values[3];
+  model.gamma = values[4];
+  model.native_small = values[5];
+  model.native_mid = values[6];
+  model.native_large = values[7];
   model.calibrated = true;
   return model;
 }

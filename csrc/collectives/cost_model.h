@@ -13,8 +13,12 @@ struct Topology;
 
 struct CostModel {
   bool calibrated = false;
-  double alpha = 5e-6;        // seconds per message (point-to-point)
-  double beta = 2e-10;        // seconds per byte sent
+  // Two link classes: inside a node (measured on topo.local) and between nodes (on topo.cross).
+  // On one machine with virtual nodes both are shared memory and come out alike.
+  double alpha_intra = 5e-6;  // seconds per message (point-to-point)
+  double beta_intra = 2e-10;  // seconds per byte sent
+  double alpha_inter = 5e-6;
+  double beta_inter = 2e-10;
   double gamma = 1e-10;       // seconds per byte reduced
   // MPI_Allreduce measured directly: seconds at 8 B, 64 KiB and 1 MiB (linear in between,
   // extrapolated from the last two beyond).

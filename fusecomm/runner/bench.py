@@ -63,19 +63,25 @@ def _iterations(nbytes, quick):
     return max(3, min(200 if quick else 500, budget // max(nbytes, 1)))
 
 
-def _time_loop(step, reset, iters, comm_max):
-    """Median seconds of one `step` (reset outside the timed region), max over ranks."""
+def _time_interleaved(impls, reset, iters, comm_max):
+    """Median seconds of each impl's step, max over ranks. The impls take turns within every
+    iteration, so a burst of noise on this shared machine lands on all of them alike instead of
+    on whichever happened to be running. The order is shuffled every iteration (the same on
+    every rank: the seed is the iteration), because an impl's time depends on its predecessor:
+    after a blocking MPI_Allreduce the ranks start in lock-step, after an engine call they are
+    skewed. Two warm-up rounds are dropped."""
     import numpy as np
 
-    times = []
+    samples = [[] for _ in impls]
     for i in range(iters + 2):
-        reset()
-        t0 = time.perf_counter()
-        step()
-        dt = time.perf_counter() - t0
-        if i >= 2:  # two warm-up iterations
-            times.append(dt)
-    return comm_max(float(np.median(times)))
+        for k in np.random.default_rng(i).permutation(len(impls)):
+            reset()
+            t0 = time.perf_counter()
+            impls[k][1]()
+            dt = time.perf_counter() - t0
+            if i >= 2:
+                samples[k].append(dt)
+    return [comm_max(float(np.median(s))) for s in samples]
 
 
 def worker(argv):
@@ -129,9 +135,11 @@ def worker(argv):
             buf, op=fusecomm.Sum, name="bench", algorithm=a))) for a in algorithms]
         if peer is not None:
             impls.append(("MPI_Allreduce", lambda: peer.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)))
-        for label, step in impls:
-            seconds = _time_loop(step, reset, _iterations(count * dtype.itemsize, args.quick),
-                                 comm_max)
+        iters = _iterations(count * dtype.itemsize, args.quick)
+        times = _time_interleaved(impls, reset, iters, comm_max)
+        for (label, step), seconds in zip(impls, times):
+            reset()
+            step()  # once more, untimed, to check this impl's result
             wrong = int(np.count_nonzero(buf != expected_value))
             wrong = int(fusecomm.allreduce(np.array([wrong]), op=fusecomm.Sum, name="bench.wrong")[0])
             algbw = count * dtype.itemsize / seconds / 1e9
