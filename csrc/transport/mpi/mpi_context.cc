@@ -157,20 +157,23 @@ MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
 
 // The cost model: from the cache file when rank 0 finds one, else measured now (and cached
 // by rank 0 when a file is named). Rank 0 decides for everyone, so all ranks do the same.
-CostModel LoadOrCalibrate(Topology& topo, const Config& config) {
+// The file describes the global process set (its MPI_Allreduce times depend on the rank
+// count); other process sets measure their own.
+CostModel LoadOrCalibrate(int process_set_id, Topology& topo, const Config& config) {
   Comm& comm = *topo.global;
   if (!config.calibrate) return CostModel{};
+  const std::string file = process_set_id == 0 ? config.calibration_file : std::string();
   std::vector<char> text(4096, 0);
-  if (comm.rank() == 0 && !config.calibration_file.empty()) {
-    std::ifstream in(config.calibration_file);
+  if (comm.rank() == 0 && !file.empty()) {
+    std::ifstream in(file);
     in.read(text.data(), static_cast<std::streamsize>(text.size() - 1));
   }
   comm.NativeBroadcast(text.data(), text.size(), 0);
   CostModel model;
   if (CostModel::FromText(text.data(), &model)) return model;
   model = CalibrateCostModel(topo);
-  if (comm.rank() == 0 && !config.calibration_file.empty()) {
-    std::ofstream out(config.calibration_file);
+  if (comm.rank() == 0 && !file.empty()) {
+    std::ofstream out(file);
     out << model.ToText();
   }
   return model;
@@ -182,7 +185,7 @@ std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config
   auto data = std::make_unique<MpiComm>(Dup(comm), true);
   Topology topo = BuildTopology(*data, config);
   topo.global = data.get();
-  topo.cost_model = LoadOrCalibrate(topo, config);
+  topo.cost_model = LoadOrCalibrate(id, topo, config);
   return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
                                             std::move(topo), config, timeline);
 }
