@@ -1,5 +1,6 @@
-"""Training throughput of one model with fusecomm's DistributedOptimizer and with PyTorch's
-DistributedDataParallel (Gloo), at several rank counts.
+"""Training throughput of one model with fusecomm's DistributedOptimizer, with PyTorch's
+DistributedDataParallel (Gloo) and, where it is installed, with Horovod's DistributedOptimizer,
+at several rank counts.
 
     python benchmarks/torch_training.py [--ranks 1 2 4] [--json out.jsonl] [--plot out.png]
 
@@ -19,14 +20,24 @@ import time
 
 from throughput_plot import plot_throughput  # noqa: E402  (benchmarks/)
 
-FRAMEWORKS = ("fusecomm", "ddp")
+FRAMEWORKS = ("fusecomm", "ddp", "horovod")
+
+
+def default_frameworks():
+    try:  # Horovod is a peer to measure against where installed, never a dependency
+        import horovod.torch  # noqa: F401
+
+        return list(FRAMEWORKS)
+    except ImportError:
+        return ["fusecomm", "ddp"]
 RESULT_TAG = "RESULT "
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
+                   help="default: fusecomm, ddp, and horovod when it is installed")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--batch-size", type=int, default=32, help="samples per rank per step")
@@ -61,9 +72,14 @@ def worker(args):
     size = int(os.environ["OMPI_COMM_WORLD_SIZE"])
     threads = args.threads or max(1, (os.cpu_count() or 1) // size)
     torch.set_num_threads(threads)
-    for framework in args.worker.split(","):
-        step_time, params = (train_fusecomm if framework == "fusecomm" else train_ddp)(
-            args, rank, size)
+    frameworks = args.worker.split(",")
+    if "horovod" in frameworks:
+        # MPI initialised once for the whole launch, so neither fusecomm's nor Horovod's
+        # shutdown finalises it under the other.
+        from mpi4py import MPI  # noqa: F401
+    trainers = {"fusecomm": train_fusecomm, "ddp": train_ddp, "horovod": train_horovod}
+    for framework in frameworks:
+        step_time, params = trainers[framework](args, rank, size)
         if rank == 0:
             print(RESULT_TAG + json.dumps(dict(framework=framework, ranks=size, threads=threads,
                                                step_time_s=step_time, model_params=params)),
@@ -95,9 +111,20 @@ def timed_training(args, rank, model, optimizer, barrier, slowest):
 
 
 def train_fusecomm(args, rank, size):
-    import torch
-
     import fusecomm.torch as hvd
+
+    return train_with_horovod_api(hvd, args, rank)
+
+
+def train_horovod(args, rank, size):
+    import horovod.torch as hvd
+
+    return train_with_horovod_api(hvd, args, rank)
+
+
+def train_with_horovod_api(hvd, args, rank):
+    """The same script for fusecomm.torch and horovod.torch: the one-line swap users make."""
+    import torch
 
     hvd.init()
     torch.manual_seed(0)
@@ -207,6 +234,7 @@ def main():
     args = parse_args()
     if args.worker:
         return worker(args)
+    args.frameworks = args.frameworks or default_frameworks()
     results = []
     for ranks in args.ranks:
         for r in launch(args, ranks):

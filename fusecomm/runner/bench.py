@@ -35,7 +35,8 @@ def add_arguments(parser):
                         help="engine algorithms, comma-separated (ring, rhd, hierarchical, "
                              "hierarchical_scatter, torus2d, mpi, auto)")
     parser.add_argument("--no-peer", action="store_true",
-                        help="skip the MPI_Allreduce-through-mpi4py reference")
+                        help="skip the references: MPI_Allreduce through mpi4py, and Horovod's "
+                             "allreduce (horovod.torch) when Horovod is installed")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--local-size", type=int, help="virtual node size (FUSECOMM_LOCAL_SIZE)")
     parser.add_argument("--json", help="write one JSON line per row here")
@@ -116,6 +117,15 @@ def worker(argv):
             if rank == 0:
                 print("mpi4py is not installed: skipping the MPI_Allreduce reference",
                       file=sys.stderr)
+    horovod = None
+    if not args.no_peer:
+        try:  # a peer only where it is installed; fusecomm never depends on it
+            import horovod.torch as horovod
+            import torch
+
+            horovod.init()  # joins the MPI that fusecomm initialised
+        except ImportError:
+            horovod = None
     sizes = []
     size = args.min_bytes
     while size <= args.max_bytes:
@@ -135,6 +145,10 @@ def worker(argv):
             buf, op=fusecomm.Sum, name="bench", algorithm=a))) for a in algorithms]
         if peer is not None:
             impls.append(("MPI_Allreduce", lambda: peer.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)))
+        if horovod is not None:
+            tensor = torch.from_numpy(buf)  # shares buf's memory: reset() and the check see it
+            impls.append(("horovod", lambda: horovod.allreduce_(tensor, op=horovod.Sum,
+                                                               name="bench")))
         iters = _iterations(count * dtype.itemsize, args.quick)
         times = _time_interleaved(impls, reset, iters, comm_max)
         for (label, step), seconds in zip(impls, times):
@@ -165,6 +179,8 @@ def worker(argv):
             plot(rows, args.plot)
         failed = sum(r["wrong"] for r in rows)
         print(f"# {len(rows)} rows, {failed} wrong elements in total", flush=True)
+    if horovod is not None:
+        horovod.shutdown()
     fusecomm.shutdown()
     return 0
 
