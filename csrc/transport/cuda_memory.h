@@ -35,6 +35,10 @@ class CudaMemoryOps : public MemoryOps {
   cudaStream_t stream() const { return stream_; }
   // Blocks the host until all work queued on the stream is done.
   void Synchronize();
+  // Frees the pool's cached (unused) blocks, e.g. before a framework needs the memory.
+  void ReleaseCachedMemory();
+  // Bytes held in cached, unused blocks.
+  size_t cached_bytes() const;
 
  private:
   struct Pool;
