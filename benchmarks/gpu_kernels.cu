@@ -119,7 +119,8 @@ std::vector<size_t> TensorCounts(size_t total, int n, uint64_t seed) {
   std::vector<size_t> counts;
   size_t used = 0;
   for (int i = 0; i < n; ++i) {
-    size_t c = i + 1 == n ? total - used : static_cast<size_t>(weights[i] / sum * total);
+    size_t c = i + 1 < n ? static_cast<size_t>(weights[i] / sum * total)
+                         : (total > used ? total - used : 1);
     c = std::max<size_t>(c, 1);
     counts.push_back(c);
     used += c;
@@ -155,8 +156,10 @@ int Run(const Options& o) {
   };
 
   for (size_t total_mib : o.total_mib) {
-    const size_t total_elems = (total_mib << 20) / sizeof(float);
-    const std::vector<size_t> counts = TensorCounts(total_elems, o.tensors, o.seed);
+    const std::vector<size_t> counts =
+        TensorCounts((total_mib << 20) / sizeof(float), o.tensors, o.seed);
+    size_t total_elems = 0;
+    for (size_t c : counts) total_elems += c;
     // Tensors start on 256 bytes as framework allocators place them; tensors in the fusion
     // buffer on 64 bytes, the alignment the engine keeps (the kernels need 16 to vectorise).
     std::vector<size_t> tensor_offsets, buffer_offsets;

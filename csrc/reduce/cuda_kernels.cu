@@ -229,11 +229,11 @@ struct DivideInt64Fn {
 
 // ---- The kernel --------------------------------------------------------------------------------
 
-// Elements per 16-byte vector of the narrower side (a float32 -> float16 cast moves 8 elements:
-// 32 bytes in, 16 out), and elements per block.
-// kUnroll vectors per thread are loaded before any is stored: enough bytes in flight to cover
-// memory latency, few enough elements (at most 16 once unpacked, the plain copy never unpacks)
-// that registers still allow full occupancy.
+// kVec: elements per 16-byte vector of the narrower side (a float32 -> float16 cast moves 8
+// elements: 32 bytes in, 16 out). kUnroll: vectors per thread, all loaded before any is stored;
+// enough bytes in flight to cover memory latency, few enough elements (at most 16 once
+// unpacked; the plain copy never unpacks) that registers allow full occupancy. kChunk: elements
+// per block.
 template <typename Fn>
 struct Geometry {
   static constexpr size_t kNarrow = sizeof(typename Fn::Src) < sizeof(typename Fn::Dst)
@@ -344,10 +344,17 @@ __device__ __forceinline__ void ScalarRange(const Fn& fn, const typename Fn::Src
 }
 
 // __grid_constant__: the entry arrays are read in place from the parameter bank (indexing a
-// by-value parameter with a run-time index would otherwise copy it to local memory).
+// by-value parameter with a run-time index would otherwise copy it to local memory). It needs
+// compute capability 7.0; older targets get the plain (slower, still correct) parameter.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
+#define FUSECOMM_GRID_CONSTANT
+#else
+#define FUSECOMM_GRID_CONSTANT __grid_constant__
+#endif
+
 template <typename Fn>
 __global__ void __launch_bounds__(kThreads)
-    BatchKernel(const __grid_constant__ BatchArgs<Fn> args) {
+    BatchKernel(const FUSECOMM_GRID_CONSTANT BatchArgs<Fn> args) {
   using Src = typename Fn::Src;
   using Dst = typename Fn::Dst;
   constexpr int V = Geometry<Fn>::kVec;
@@ -445,6 +452,7 @@ void LaunchBatched(const Fn& fn, const CudaCopyEntry* entries, size_t num_entrie
   using Dst = typename Fn::Dst;
   constexpr size_t kChunk = Geometry<Fn>::kChunk;
   constexpr size_t kMaxPiece = kChunk * kMaxChunksPerEntry;
+  static_assert(sizeof(BatchArgs<Fn>) <= 4096, "kernel parameters must fit in 4 KiB");
 
   for (size_t i = 0; i < num_entries; ++i) {
     if (entries[i].count != 0) {
