@@ -28,7 +28,8 @@ class CudaMemoryOps : public MemoryOps {
   void Divide(void* dst, const void* src, size_t count, DataType dtype,
               int64_t divisor) override;
   // Device memory from a caching pool (cudaMalloc is a device-wide sync; the pool makes it rare).
-  // Freed blocks return to the pool once the stream has finished with them.
+  // A freed block is reused by later work on the same stream without waiting (stream order
+  // keeps that safe), so pool memory must only be used on `stream`.
   std::shared_ptr<void> Allocate(size_t bytes) override;
 
   int device() const { return device_; }
