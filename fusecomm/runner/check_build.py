@@ -46,7 +46,7 @@ def report():
         "",
         "Available Tensor Operations:",
         f"    {mark(info['nccl'])} NCCL" + (f" {info['nccl_version']}" if info["nccl"] else ""),
-        f"    [X] MPI" + (f" (CUDA-aware: {info['cuda_aware_mpi']}; device tensors otherwise "
+        f"    [X] MPI" + (f" (CUDA-aware: {info['cuda_aware_mpi']}; device tensors on MPI are "
                           "staged through host memory)" if info["cuda"] else ""),
         f"    {mark(info['cuda'])} CUDA" + (
             f" runtime {info['cuda_runtime_version']}, driver {info['cuda_driver_version']}"
