@@ -24,6 +24,22 @@ Sum, Average, Min, Max, Product = 0, 1, 2, 3, 4
 Adasum = 5  # accepted as a name so scripts import; using it raises NotImplementedError
 _OP_LABELS = {Sum: "Sum", Average: "Average", Min: "Min", Max: "Max", Product: "Product"}
 
+# Engine-allocated device memory of a finished collective (CUDA builds).
+DeviceBuffer = getattr(_core, "DeviceBuffer", type(None))
+
+
+class CudaBytes:
+    """A DeviceBuffer as a 1-D uint8 __cuda_array_interface__ (torch.as_tensor and cupy.asarray
+    wrap it without copying; the wrapper keeps the engine's memory alive). The data is complete
+    when the collective's handle is, so no stream is named."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.__cuda_array_interface__ = {"shape": (buffer.nbytes,), "typestr": "|u1",
+                                         "data": (buffer.ptr, False), "version": 3,
+                                         "strides": None, "stream": None}
+
+
 _lock = threading.Lock()
 _handles = {}  # handle id -> (objects kept alive, finisher(result tuple) -> value)
 _name_counters = {}
@@ -90,10 +106,12 @@ def check_int(value, what):
 
 
 def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finisher, *,
-           op=Sum, prescale=1.0, postscale=1.0, root=0, device=-1, algorithm=None,
+           op=Sum, prescale=1.0, postscale=1.0, root=0, device=-1, stream=0, algorithm=None,
            splits=None, process_set_id=0):
     """Queues one collective; returns its handle. `finisher(result)` turns the engine's result
-    tuple (uint8 array or None, shape, received splits) into what synchronize returns."""
+    tuple (uint8 array, DeviceBuffer or None; shape; received splits) into what synchronize
+    returns. Device tensors: `device` is the CUDA ordinal, `stream` the caller's CUDA stream
+    handle (the engine waits for the work queued on it before reading the tensor)."""
     if algorithm is None:
         algorithm = "auto"
     elif not isinstance(algorithm, str):
@@ -103,7 +121,8 @@ def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finis
     handle = _core.enqueue(op_type, name, dtype, [int(d) for d in shape], input_ptr, output_ptr,
                            int(op), prescale, postscale, check_int(root, "root_rank"),
                            int(device), algorithm,
-                           [check_int(s, "split") for s in (splits or [])], int(process_set_id))
+                           [check_int(s, "split") for s in (splits or [])], int(process_set_id),
+                           int(stream))
     with _lock:
         _handles[handle] = (keep_alive, finisher)
     return handle

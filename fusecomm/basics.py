@@ -18,6 +18,7 @@ _SETTINGS = {
     "liveness_timeout_seconds": "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
     "calibration_file": "FUSECOMM_CALIBRATION_FILE",
     "timeline": "FUSECOMM_TIMELINE",
+    "gpu_transport": "FUSECOMM_GPU_TRANSPORT",
 }
 
 _atexit_registered = False

@@ -1,5 +1,7 @@
 """Collectives on NumPy arrays and on anything NumPy can view without copying (the buffer
-protocol, __array_interface__, or DLPack on the CPU)."""
+protocol, __array_interface__, or DLPack on the CPU), and on CuPy arrays (or anything with
+__cuda_array_interface__, viewed through CuPy) on the GPU with a CUDA build. Results come back
+as the same kind of array: NumPy for host input, CuPy for device input."""
 import pickle
 
 import numpy as np
@@ -11,7 +13,26 @@ from fusecomm._engine import Average, Sum
 from fusecomm.basics import global_process_set, process_set_id, root_in_set
 
 
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError("device arrays (__cuda_array_interface__) are handled through CuPy; "
+                        "install cupy (e.g. cupy-cuda13x)") from None
+    return cupy
+
+
+def _is_device_array(tensor):
+    return hasattr(tensor, "__cuda_array_interface__") and not isinstance(tensor, np.ndarray)
+
+
 def _as_array(tensor, what="tensor"):
+    if _is_device_array(tensor):
+        array = _cupy().asarray(tensor)  # no copy: a view of the same device memory
+        _engine.dtype_code(array.dtype.name)
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous (use cupy.ascontiguousarray)")
+        return array
     if isinstance(tensor, np.ndarray):
         array = tensor
     elif hasattr(tensor, "__dlpack__") and not hasattr(tensor, "__array_interface__"):
@@ -34,21 +55,46 @@ def _as_array(tensor, what="tensor"):
 
 
 def _writable(array, what="tensor"):
-    if not array.flags.writeable:
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
         raise ValueError(f"{what} is read-only; an in-place collective needs a writable array")
     return array
 
 
 def _ptr(array):
-    return array.__array_interface__["data"][0] if array.size else 0
+    if not array.size:
+        return 0
+    if isinstance(array, np.ndarray):
+        return array.__array_interface__["data"][0]
+    return array.data.ptr
 
 
-def _engine_output(dtype):
+def _empty_like(array):
+    if isinstance(array, np.ndarray):
+        return np.empty_like(array)
+    with array.device:  # CuPy allocates on the current device, not the array's
+        return _cupy().empty_like(array)
+
+
+def _device_and_stream(array):
+    """(-1, 0) for host arrays; a CuPy array's device and the current CuPy stream."""
+    if isinstance(array, np.ndarray):
+        return -1, 0
+    return array.device.id, _cupy().cuda.get_current_stream().ptr
+
+
+def _engine_output(dtype, device=-1):
     """Finisher for outputs the engine allocates (allgather, reducescatter, alltoall)."""
 
     def finish(result):
         data, shape, splits = result
-        out = (data if data is not None else np.empty(0, np.uint8)).view(dtype).reshape(shape)
+        if isinstance(data, _engine.DeviceBuffer) or device >= 0:
+            cupy = _cupy()
+            with cupy.cuda.Device(device):
+                raw = (cupy.asarray(_engine.CudaBytes(data)) if data is not None and data.nbytes
+                       else cupy.empty(0, cupy.uint8))
+                out = raw.view(dtype).reshape(shape)
+        else:
+            out = (data if data is not None else np.empty(0, np.uint8)).view(dtype).reshape(shape)
         return out, np.asarray(splits, dtype=np.int32)
 
     return finish
@@ -57,16 +103,17 @@ def _engine_output(dtype):
 def _submit(op_type, array, output, name, finisher, **kwargs):
     ps = kwargs.pop("process_set", global_process_set)
     ps_id = process_set_id(ps)
+    device, stream = _device_and_stream(array)
     return _engine.submit(op_type, _engine.auto_name(op_type, name, ps_id),
                           _engine.dtype_code(array.dtype.name), array.shape, _ptr(array),
                           _ptr(output) if output is not None else 0, (array, output), finisher,
-                          process_set_id=ps_id, **kwargs)
+                          process_set_id=ps_id, device=device, stream=stream, **kwargs)
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                     postscale_factor=1.0, process_set=global_process_set, algorithm=None):
     array = _as_array(tensor)
-    output = np.empty_like(array)
+    output = _empty_like(array)
     return _allreduce_into(array, output, average, name, op, prescale_factor, postscale_factor,
                            process_set, algorithm)
 
@@ -122,7 +169,7 @@ def allgather_async(tensor, name=None, process_set=global_process_set):
     array = _as_array(tensor)
     if array.ndim == 0:
         raise ValueError("allgather needs a tensor with at least one dimension")
-    finish = _engine_output(array.dtype)
+    finish = _engine_output(array.dtype, _device_and_stream(array)[0])
     return _submit(ALLGATHER, array, None, name, lambda r: finish(r)[0], process_set=process_set)
 
 
@@ -144,7 +191,7 @@ def _broadcast_into(array, output, root_rank, name, process_set):
 
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
     array = _as_array(tensor)
-    return _broadcast_into(array, np.empty_like(array), root_rank, name, process_set)
+    return _broadcast_into(array, _empty_like(array), root_rank, name, process_set)
 
 
 def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
@@ -168,7 +215,7 @@ def reducescatter_async(tensor, name=None, op=Average, process_set=global_proces
     if array.ndim == 0:
         raise ValueError("reducescatter needs a tensor with at least one dimension")
     op = _engine.resolve_op(op)
-    finish = _engine_output(array.dtype)
+    finish = _engine_output(array.dtype, _device_and_stream(array)[0])
     return _submit(REDUCESCATTER, array, None, name, lambda r: finish(r)[0], op=op,
                    prescale=_engine.check_scale(prescale_factor, "prescale_factor"),
                    postscale=_engine.check_scale(postscale_factor, "postscale_factor"),
@@ -201,7 +248,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
         if split_array.ndim != 1 or split_array.dtype.kind not in "iu":
             raise TypeError("splits must be a 1-D sequence of integers")
         split_list = [int(s) for s in split_array]
-    finish = _engine_output(array.dtype)
+    finish = _engine_output(array.dtype, _device_and_stream(array)[0])
     return _submit(ALLTOALL, array, None, name, finish, splits=split_list,
                    process_set=process_set)
 

@@ -20,7 +20,7 @@ namespace {
 int64_t Enqueue(int op_type, const std::string& name, int dtype, std::vector<int64_t> shape,
                 uintptr_t input, uintptr_t output, int reduce_op, double prescale,
                 double postscale, int root, int device, const std::string& algorithm,
-                std::vector<int64_t> splits, int process_set) {
+                std::vector<int64_t> splits, int process_set, uintptr_t stream) {
   if (op_type < 0 || op_type > static_cast<int>(OpType::kJoin)) {
     throw InvalidArgument("unknown operation code " + std::to_string(op_type));
   }
@@ -40,18 +40,27 @@ int64_t Enqueue(int op_type, const std::string& name, int dtype, std::vector<int
   request.input = reinterpret_cast<const void*>(input);
   request.output = reinterpret_cast<void*>(output);
   request.splits = std::move(splits);
+  request.stream = stream;
   return Engine::Get().Submit(process_set, std::move(request));
 }
 
-// The engine-allocated output of a finished handle as (uint8 array or None, shape, splits).
-// The array shares the engine's buffer; the capsule keeps it alive.
+// Engine-allocated device memory as Python sees it: the frontends wrap it (no copy) through
+// __cuda_array_interface__; the object keeps the memory alive.
+struct DeviceBuffer {
+  std::shared_ptr<EngineBuffer> buffer;
+};
+
+// The engine-allocated output of a finished handle as (uint8 array, DeviceBuffer or None,
+// shape, splits). A host array shares the engine's buffer; the capsule keeps it alive.
 py::tuple TakeResult(int64_t id) {
   auto handle = Engine::Get().GetHandle(id);
   Engine::Get().ReleaseHandle(id);
   py::object array = py::none();
-  if (handle->output) {
-    auto* keep = new std::shared_ptr<HostBuffer>(handle->output);
-    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<HostBuffer>*>(p); });
+  if (handle->output && handle->output->device >= 0) {
+    array = py::cast(DeviceBuffer{handle->output});
+  } else if (handle->output) {
+    auto* keep = new std::shared_ptr<EngineBuffer>(handle->output);
+    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<EngineBuffer>*>(p); });
     array = py::array_t<uint8_t>({static_cast<py::ssize_t>(handle->output->bytes)},
                                  static_cast<uint8_t*>(handle->output->data.get()), owner);
   }
@@ -75,6 +84,13 @@ PYBIND11_MODULE(_core, m) {
       py::set_error(PyExc_ValueError, e.what());
     }
   });
+
+  py::class_<DeviceBuffer>(m, "DeviceBuffer")
+      .def_property_readonly("ptr", [](const DeviceBuffer& b) {
+        return reinterpret_cast<uintptr_t>(b.buffer->data.get());
+      })
+      .def_property_readonly("nbytes", [](const DeviceBuffer& b) { return b.buffer->bytes; })
+      .def_property_readonly("device", [](const DeviceBuffer& b) { return b.buffer->device; });
 
   m.def("init", [](uintptr_t comm_address, const std::vector<int>& ranks) {
     Engine::Get().Init(reinterpret_cast<const void*>(comm_address), ranks);
@@ -102,7 +118,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("enqueue", &Enqueue, py::arg("op_type"), py::arg("name"), py::arg("dtype"),
         py::arg("shape"), py::arg("input"), py::arg("output"), py::arg("reduce_op"),
         py::arg("prescale"), py::arg("postscale"), py::arg("root"), py::arg("device"),
-        py::arg("algorithm"), py::arg("splits"), py::arg("process_set"));
+        py::arg("algorithm"), py::arg("splits"), py::arg("process_set"), py::arg("stream") = 0);
   m.def("poll", [](int64_t id) { return Engine::Get().GetHandle(id)->Done(); });
   m.def("wait", [](int64_t id) {
     auto handle = Engine::Get().GetHandle(id);
@@ -131,6 +147,10 @@ PYBIND11_MODULE(_core, m) {
     d["mpi_version"] = info.mpi_version;
     d["cuda"] = info.cuda;
     d["nccl"] = info.nccl;
+    d["cuda_runtime_version"] = info.cuda_runtime_version;
+    d["cuda_driver_version"] = info.cuda_driver_version;
+    d["nccl_version"] = info.nccl_version;
+    d["cuda_aware_mpi"] = info.cuda_aware_mpi;
     return d;
   });
   m.def("config", [] {

@@ -27,6 +27,17 @@ if ! cmp -s requirements/dev.txt "$STAMP" 2>/dev/null; then
   cp requirements/dev.txt "$STAMP"
 fi
 
+# --- CUDA path (GPU work): NCCL's wheel, for building and running the CUDA path, where nvcc is.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  CUDA_STAMP="$VENV/.fusecomm-requirements-cuda"
+  if ! cmp -s requirements/cuda.txt "$CUDA_STAMP" 2>/dev/null; then
+    echo "[setup] installing the CUDA path's packages (requirements/cuda.txt)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements/cuda.txt
+    cp requirements/cuda.txt "$CUDA_STAMP"
+  fi
+fi
+# --- end CUDA path
+
 echo "[setup] building and installing fusecomm"
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall .
 "$VENV/bin/fusecomm" check-build

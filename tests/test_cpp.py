@@ -55,3 +55,18 @@ def test_allreduce_algorithms(algorithms_binary, ranks, local_size, torus_x):
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300)
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-6000:]
+
+
+def test_nccl_p2p_grouping_never_deadlocks(tmp_path_factory):
+    """The NCCL transport's grouping of Isend/Irecv, run for every algorithm against a model of
+    NCCL's group semantics (no GPU needed): no deadlock, exact results."""
+    sources = [str(CSRC / f"collectives/{name}.cc") for name in
+               ("pipeline", "ring_allreduce", "rhd_allreduce", "hierarchical_allreduce",
+                "torus2d_allreduce")]
+    sources += [str(CSRC / p) for p in ("common/types.cc", "reduce/cpu_reduce.cc",
+                                        "transport/host_memory.cc", "transport/p2p_groups.cc",
+                                        "transport/split_topology.cc")]
+    binary = build(tmp_path_factory, "test_p2p_groups", sources)
+    proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-4000:]

@@ -12,6 +12,9 @@
 #include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_context.h"
 #include "transport/mpi/mpi_wait.h"
+#if FUSECOMM_WITH_CUDA
+#include "engine/device_executor.h"
+#endif
 
 namespace fusecomm {
 
@@ -24,11 +27,15 @@ MPI_Comm& AsComm(void*& p) { return *reinterpret_cast<MPI_Comm*>(&p); }
 BuildInfo GetBuildInfo() {
   BuildInfo info;
   info.mpi_version = MpiLibraryVersion();
-#ifdef FUSECOMM_WITH_CUDA
+#if FUSECOMM_WITH_CUDA
+  // NCCL is part of every CUDA build (loaded at run time; nccl_version says whether it is there).
   info.cuda = true;
-#endif
-#ifdef FUSECOMM_WITH_NCCL
   info.nccl = true;
+  CudaBuildInfo cuda = GetCudaBuildInfo();
+  info.cuda_runtime_version = cuda.runtime_version;
+  info.cuda_driver_version = cuda.driver_version;
+  info.nccl_version = cuda.nccl_version;
+  info.cuda_aware_mpi = cuda.cuda_aware_mpi;
 #endif
   return info;
 }
@@ -269,10 +276,19 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
     }
     elements *= d;
   }
+#if !FUSECOMM_WITH_CUDA
   if (spec.device >= 0) {
-    throw InvalidArgument("tensor '" + spec.name +
-                          "' is on a CUDA device but this build of fusecomm has no CUDA support");
+    throw InvalidArgument("fusecomm was built without CUDA: tensor '" + spec.name +
+                          "' is on cuda:" + std::to_string(spec.device) +
+                          " (rebuild with FUSECOMM_WITH_CUDA=1, or move it to the CPU)");
   }
+#else
+  if (spec.device >= 0 && device_ >= 0 && spec.device != device_) {
+    throw InvalidArgument("tensor '" + spec.name + "' is on cuda:" + std::to_string(spec.device) +
+                          " but this process's tensors are on cuda:" + std::to_string(device_) +
+                          "; fusecomm uses one GPU per process (torch.cuda.set_device(local_rank))");
+  }
+#endif
   const bool reduces = spec.op_type == OpType::kAllreduce || spec.op_type == OpType::kReducescatter;
   if (reduces && !ReduceOpSupported(spec.dtype, spec.reduce_op)) {
     throw InvalidArgument(std::string(ReduceOpName(spec.reduce_op)) + " is not defined for " +
@@ -339,6 +355,13 @@ int64_t Engine::Submit(int process_set, Request request) {
     WorkerFor(process_set);
     worker = process_sets_[process_set].worker;
     Validate(*worker, request);
+#if FUSECOMM_WITH_CUDA
+    if (request.spec.device >= 0 && request.spec.num_elements() > 0) {
+      // Ordered after everything the caller queued on its stream before submitting.
+      request.ready_event = RecordSubmitEvent(request.spec.device, request.stream);
+    }
+    if (request.spec.device >= 0) device_ = request.spec.device;
+#endif
     id = next_handle_++;
     request.handle = std::make_shared<HandleState>();
     handles_[id] = request.handle;

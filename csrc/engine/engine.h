@@ -20,6 +20,11 @@ struct BuildInfo {
   std::string mpi_version;
   bool cuda = false;
   bool nccl = false;
+  // CUDA builds: versions found at run time ("none"/"not found: ..." where absent).
+  std::string cuda_runtime_version;
+  std::string cuda_driver_version;
+  std::string nccl_version;
+  std::string cuda_aware_mpi;
 };
 BuildInfo GetBuildInfo();
 
@@ -88,6 +93,7 @@ class Engine {
   void* global_comm_ = nullptr;  // MPI_Comm of the global set (owned), for creating sub-sets
   std::map<int64_t, std::shared_ptr<HandleState>> handles_;
   int64_t next_handle_ = 1;
+  int device_ = -1;  // the CUDA device this process's device tensors are on (one per process)
 };
 
 }  // namespace fusecomm

@@ -8,6 +8,7 @@
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "engine/device_executor.h"
 #include "engine/fusion_planner.h"
 
 namespace fusecomm {
@@ -38,19 +39,12 @@ Executor::Executor(Topology& topology, size_t fusion_threshold,
                    AllreduceAlgorithm default_algorithm,
                    std::function<void(const std::string&)> release_name, Timeline* timeline)
     : timeline_(timeline),
-      topology_(topology),
-      comm_(*topology.global),
+      host_plane_(topology),
       fusion_threshold_(fusion_threshold),
       default_algorithm_(default_algorithm),
       release_name_(std::move(release_name)) {}
 
-void* Executor::FusionBuffer(size_t bytes) {
-  if (bytes > fusion_capacity_) {
-    fusion_buffer_ = comm_.memory().Allocate(bytes);
-    fusion_capacity_ = bytes;
-  }
-  return fusion_buffer_.get();
-}
+Executor::~Executor() = default;
 
 void Executor::Enter(const std::vector<Request*>& group, const std::string& activity,
                      const std::string& args_json) {
@@ -71,74 +65,78 @@ void Executor::Finish(Request& request, const std::string& error) {
   }
 }
 
-void Executor::FinishScale(void* dst, const void* src, size_t count, const TensorSpec& spec) {
-  MemoryOps& mem = comm_.memory();
+double Executor::PrepareFinish(DataPlane& plane, void* buf, size_t count,
+                               const TensorSpec& spec) {
   double factor = spec.postscale;
   if (spec.reduce_op == ReduceOp::kAverage) {
+    const int n = plane.comm().size();
     if (IsFloatingPoint(spec.dtype)) {
-      factor /= comm_.size();
+      factor /= n;
     } else {
-      // Integers average exactly (truncating), then take any postscale.
-      mem.Divide(dst, src, count, spec.dtype, comm_.size());
-      src = dst;
+      plane.memory().Divide(buf, buf, count, spec.dtype, n);  // exact, truncating
     }
   }
-  mem.ScaledCopy(dst, src, count, spec.dtype, factor);
+  return factor;
 }
 
-void Executor::RunAllreduceGroup(const std::vector<Request*>& group) {
+void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& group) {
   const TensorSpec& kind = group[0]->spec;
   ReduceOp op = kind.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : kind.reduce_op;
-  MemoryOps& mem = comm_.memory();
+  MemoryOps& mem = plane.memory();
   const size_t elem = DataTypeSize(kind.dtype);
   size_t total = 0;
   for (Request* r : group) total += ElementCount(r->spec);
-  AllreduceAlgorithm algorithm =
-      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm;
-  if (algorithm == AllreduceAlgorithm::kAuto) {
-    algorithm = ChooseAllreduceAlgorithm(topology_, total * elem);
-  }
+  const AllreduceAlgorithm algorithm = plane.Choose(
+      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm,
+      total * elem);
   const std::string collective_args =
       timeline_->active() ? std::string("{\"algorithm\":\"") + AllreduceAlgorithmName(algorithm) +
                                 "\",\"bytes\":" + std::to_string(total * elem) +
-                                ",\"tensors\":" + std::to_string(group.size()) + "}"
+                                ",\"tensors\":" + std::to_string(group.size()) +
+                                ",\"transport\":\"" + plane.comm().transport_name() + "\"}"
                           : std::string();
   FUSECOMM_LOG(kDebug, "allreduce of " << group.size() << " tensor(s) starting with '"
                                         << kind.name << "': " << total * elem << " bytes, "
-                                        << AllreduceAlgorithmName(algorithm));
+                                        << AllreduceAlgorithmName(algorithm) << " on "
+                                        << plane.comm().transport_name());
   if (group.size() == 1) {
     // Unfused: work in the caller's output directly, no fusion-buffer copies.
     Request& r = *group[0];
     mem.ScaledCopy(r.output, r.input, total, r.spec.dtype, r.spec.prescale);
     Enter(group, "ALLREDUCE", collective_args);
-    RunAllreduce(topology_, algorithm, r.output, total, r.spec.dtype, op);
-    FinishScale(r.output, r.output, total, r.spec);
+    RunAllreduce(plane.topology(), algorithm, r.output, total, r.spec.dtype, op);
+    mem.ScaledCopy(r.output, r.output, total, r.spec.dtype,
+                   PrepareFinish(plane, r.output, total, r.spec));
     return;
   }
+  // Members share dtype, op and scales (the planner fuses only those), so the fused buffer is
+  // scaled as one and each copy is a single batched launch on a device.
   Enter(group, "MEMCPY_IN_FUSION_BUFFER");
-  char* buffer = static_cast<char*>(FusionBuffer(total * elem));
+  char* buffer = static_cast<char*>(plane.FusionBuffer(total * elem));
+  std::vector<CopyEntry> copies;
   size_t offset = 0;
   for (Request* r : group) {
     size_t count = ElementCount(r->spec);
-    mem.ScaledCopy(buffer + offset * elem, r->input, count, kind.dtype, kind.prescale);
+    copies.push_back({r->input, buffer + offset * elem, count});
     offset += count;
   }
+  plane.CopyBatch(copies, kind.dtype, kind.prescale);
   Enter(group, "ALLREDUCE", collective_args);
-  RunAllreduce(topology_, algorithm, buffer, total, kind.dtype, op);
+  RunAllreduce(plane.topology(), algorithm, buffer, total, kind.dtype, op);
   Enter(group, "MEMCPY_OUT_FUSION_BUFFER");
-  offset = 0;
-  for (Request* r : group) {
-    size_t count = ElementCount(r->spec);
-    FinishScale(r->output, buffer + offset * elem, count, r->spec);
-    offset += count;
+  const double factor = PrepareFinish(plane, buffer, total, kind);
+  for (size_t i = 0; i < group.size(); ++i) {
+    copies[i] = {copies[i].dst, group[i]->output, copies[i].count};
   }
+  plane.CopyBatch(copies, kind.dtype, factor);
 }
 
-void Executor::RunAllgather(Request& r) {
-  const int n = comm_.size();
+void Executor::RunAllgather(DataPlane& plane, Request& r) {
+  Comm& comm = plane.comm();
+  const int n = comm.size();
   int64_t my_rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
   std::vector<int64_t> rows(n);
-  comm_.NativeAllgatherv(&my_rows, sizeof(int64_t), rows.data(),
+  plane.host().NativeAllgatherv(&my_rows, sizeof(int64_t), rows.data(),
                          std::vector<size_t>(n, sizeof(int64_t)));
   const size_t row_bytes = static_cast<size_t>(r.spec.row_elements()) * DataTypeSize(r.spec.dtype);
   std::vector<size_t> block_bytes(n);
@@ -152,22 +150,24 @@ void Executor::RunAllgather(Request& r) {
     block_bytes[q] = static_cast<size_t>(rows[q]) * row_bytes;
     total_rows += rows[q];
   }
-  auto out = std::make_shared<HostBuffer>(static_cast<size_t>(total_rows) * row_bytes);
-  comm_.NativeAllgatherv(r.input, block_bytes[comm_.rank()], out->data.get(), block_bytes);
+  auto out = plane.AllocateOutput(static_cast<size_t>(total_rows) * row_bytes);
+  comm.NativeAllgatherv(r.input, block_bytes[comm.rank()], out->data.get(), block_bytes);
   r.handle->output = out;
   r.handle->output_shape = WithFirstDim(r.spec.shape, total_rows);
 }
 
-void Executor::RunBroadcast(Request& r) {
+void Executor::RunBroadcast(DataPlane& plane, Request& r) {
   size_t bytes = r.spec.num_bytes();
-  if (comm_.rank() == r.spec.root && r.output != r.input) {
-    comm_.memory().Copy(r.output, r.input, bytes);
+  Comm& comm = plane.comm();
+  if (comm.rank() == r.spec.root && r.output != r.input) {
+    comm.memory().Copy(r.output, r.input, bytes);
   }
-  comm_.NativeBroadcast(r.output, bytes, r.spec.root);
+  comm.NativeBroadcast(r.output, bytes, r.spec.root);
 }
 
-void Executor::RunReducescatter(Request& r) {
-  const int n = comm_.size();
+void Executor::RunReducescatter(DataPlane& plane, Request& r) {
+  Comm& comm = plane.comm();
+  const int n = comm.size();
   const int64_t rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
   const int64_t row_elems = r.spec.row_elements();
   std::vector<size_t> counts(n);
@@ -177,26 +177,28 @@ void Executor::RunReducescatter(Request& r) {
   const void* send = r.input;
   std::shared_ptr<void> scaled;
   if (r.spec.prescale != 1.0) {
-    scaled = comm_.memory().Allocate(total * elem);
-    comm_.memory().ScaledCopy(scaled.get(), r.input, total, r.spec.dtype, r.spec.prescale);
+    scaled = comm.memory().Allocate(total * elem);
+    comm.memory().ScaledCopy(scaled.get(), r.input, total, r.spec.dtype, r.spec.prescale);
     send = scaled.get();
   }
   ReduceOp op = r.spec.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : r.spec.reduce_op;
-  size_t mine = counts[comm_.rank()];
-  auto out = std::make_shared<HostBuffer>(mine * elem);
-  comm_.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);
-  FinishScale(out->data.get(), out->data.get(), mine, r.spec);
+  size_t mine = counts[comm.rank()];
+  auto out = plane.AllocateOutput(mine * elem);
+  comm.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);
+  comm.memory().ScaledCopy(out->data.get(), out->data.get(), mine, r.spec.dtype,
+                           PrepareFinish(plane, out->data.get(), mine, r.spec));
   r.handle->output = out;
-  r.handle->output_shape = WithFirstDim(r.spec.shape, ScatterRows(rows, n, comm_.rank()));
+  r.handle->output_shape = WithFirstDim(r.spec.shape, ScatterRows(rows, n, comm.rank()));
 }
 
-void Executor::RunAlltoall(Request& r) {
-  const int n = comm_.size();
+void Executor::RunAlltoall(DataPlane& plane, Request& r) {
+  Comm& comm = plane.comm();
+  const int n = comm.size();
   const int64_t rows = r.spec.shape.empty() ? 1 : r.spec.shape[0];
   std::vector<int64_t> send_rows = r.splits;
   if (send_rows.empty()) send_rows.assign(n, rows / n);  // equal split, checked at submit
   std::vector<int64_t> recv_rows(n);
-  comm_.NativeAlltoallv(send_rows.data(), std::vector<size_t>(n, sizeof(int64_t)),
+  plane.host().NativeAlltoallv(send_rows.data(), std::vector<size_t>(n, sizeof(int64_t)),
                         recv_rows.data(), std::vector<size_t>(n, sizeof(int64_t)));
   const size_t row_bytes = static_cast<size_t>(r.spec.row_elements()) * DataTypeSize(r.spec.dtype);
   std::vector<size_t> send_bytes(n), recv_bytes(n);
@@ -206,8 +208,8 @@ void Executor::RunAlltoall(Request& r) {
     recv_bytes[q] = static_cast<size_t>(recv_rows[q]) * row_bytes;
     total_rows += recv_rows[q];
   }
-  auto out = std::make_shared<HostBuffer>(static_cast<size_t>(total_rows) * row_bytes);
-  comm_.NativeAlltoallv(r.input, send_bytes, out->data.get(), recv_bytes);
+  auto out = plane.AllocateOutput(static_cast<size_t>(total_rows) * row_bytes);
+  comm.NativeAlltoallv(r.input, send_bytes, out->data.get(), recv_bytes);
   r.handle->output = out;
   r.handle->output_shape = WithFirstDim(r.spec.shape, total_rows);
   r.handle->received_splits = recv_rows;
@@ -217,13 +219,15 @@ Request Executor::StandIn(const TensorSpec& spec) {
   Request r;
   r.spec = spec;
   r.handle = std::make_shared<HandleState>();
+  r.stand_in = true;
   const bool by_rows = spec.op_type == OpType::kAllgather || spec.op_type == OpType::kAlltoall;
   if (by_rows) {
     r.spec.shape[0] = 0;  // sends no rows
-    r.splits.assign(comm_.size(), 0);
+    r.splits.assign(host_plane_.comm().size(), 0);
   }
-  auto input = std::make_shared<HostBuffer>(r.spec.num_bytes());
-  auto output = std::make_shared<HostBuffer>(r.spec.num_bytes());
+  // Host memory even for a device tensor: the device plane moves stand-ins to the GPU.
+  auto input = std::make_shared<EngineBuffer>(r.spec.num_bytes());
+  auto output = std::make_shared<EngineBuffer>(r.spec.num_bytes());
   std::memset(input->data.get(), 0, input->bytes);
   r.input = input->data.get();
   r.output = output->data.get();
@@ -271,19 +275,19 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
         Enter({&single}, ToUpper(OpTypeName(type)),
               "{\"bytes\":" + std::to_string(first.spec.num_bytes()) + "}");
       }
-      switch (type) {
-        case OpType::kAllreduce: {
-          std::vector<Request*> members;
-          for (size_t i : group) members.push_back(&requests[i]);
-          RunAllreduceGroup(members);
-          break;
-        }
-        case OpType::kAllgather: RunAllgather(single); break;
-        case OpType::kBroadcast: RunBroadcast(single); break;
-        case OpType::kReducescatter: RunReducescatter(single); break;
-        case OpType::kAlltoall: RunAlltoall(single); break;
-        case OpType::kBarrier:  // negotiation completing on every rank is the barrier
-        case OpType::kJoin: break;
+      std::vector<Request*> members;
+      for (size_t i : group) members.push_back(&requests[i]);
+      if (first.spec.device < 0) {
+        Run(host_plane_, type, members);
+      } else {
+#if FUSECOMM_WITH_CUDA
+        if (!device_) device_ = std::make_unique<DeviceExecutor>(host_plane_.topology());
+        device_->Run(members, [&](DataPlane& plane, const std::vector<Request*>& on_plane) {
+          Run(plane, type, on_plane);
+        });
+#else
+        throw CollectiveError("fusecomm was built without CUDA");
+#endif
       }
     } catch (const std::exception& e) {
       error = std::string(OpTypeName(first.spec.op_type)) + " of '" + first.spec.name +
@@ -291,6 +295,19 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
       FUSECOMM_LOG(kError, error);
     }
     for (size_t i : group) Finish(requests[i], error);
+  }
+}
+
+void Executor::Run(DataPlane& plane, OpType type, const std::vector<Request*>& group) {
+  Request& single = *group[0];
+  switch (type) {
+    case OpType::kAllreduce: RunAllreduceGroup(plane, group); break;
+    case OpType::kAllgather: RunAllgather(plane, single); break;
+    case OpType::kBroadcast: RunBroadcast(plane, single); break;
+    case OpType::kReducescatter: RunReducescatter(plane, single); break;
+    case OpType::kAlltoall: RunAlltoall(plane, single); break;
+    case OpType::kBarrier:  // negotiation completing on every rank is the barrier
+    case OpType::kJoin: break;
   }
 }
 

@@ -27,7 +27,7 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return out.str();
 }
 
-HostBuffer::HostBuffer(size_t n) : bytes(n) {
+EngineBuffer::EngineBuffer(size_t n) : bytes(n) {
   // 64-byte alignment keeps the vectorised kernels on aligned loads; malloc(0) may return null.
   void* p = std::aligned_alloc(64, ((n + 63) / 64) * 64 + 64);
   if (!p) throw CollectiveError("out of host memory allocating " + std::to_string(n) + " bytes");

@@ -33,11 +33,16 @@ struct TensorSpec {
 
 std::string ShapeString(const std::vector<int64_t>& shape);
 
-// Host memory owned by the engine (outputs whose size only the collective decides).
-struct HostBuffer {
-  explicit HostBuffer(size_t bytes);
+// Memory owned by the engine: outputs whose size only the collective decides, stand-ins.
+// Host memory, or (device >= 0) memory of that CUDA device, allocated by the device's context.
+struct EngineBuffer {
+  // Host memory, 64-byte aligned.
+  explicit EngineBuffer(size_t bytes);
+  EngineBuffer(std::shared_ptr<void> data, size_t bytes, int device)
+      : data(std::move(data)), bytes(bytes), device(device) {}
   std::shared_ptr<void> data;
   size_t bytes;
+  int device = -1;
 };
 
 // Completion state of one submitted request, shared by the engine thread and the caller.
@@ -50,7 +55,7 @@ class HandleState {
   void Fail(const std::string& message);
 
   // Filled by the engine before Complete() for outputs it allocates.
-  std::shared_ptr<HostBuffer> output;
+  std::shared_ptr<EngineBuffer> output;
   std::vector<int64_t> output_shape;
   // alltoall: rows received from each rank; join: {the last rank to join}
   std::vector<int64_t> received_splits;
@@ -70,6 +75,12 @@ struct Request {
   void* output = nullptr;
   std::vector<int64_t> splits;  // alltoall: rows sent to each rank (empty: equal)
   std::shared_ptr<HandleState> handle;
+  // Device tensors: the caller's CUDA stream (0: the legacy default stream), and an event
+  // recorded on it at submission, which the engine's stream waits for before touching the data.
+  uintptr_t stream = 0;
+  std::shared_ptr<void> ready_event;
+  // A joined rank's zero contribution (buffers made by the engine, not the caller).
+  bool stand_in = false;
 };
 
 // Agreed by all ranks of a process set: run `spec`, or fail everybody's request with `error`.

@@ -15,7 +15,8 @@ bool SpecsAgree(const TensorSpec& a, const TensorSpec& b, std::string* field) {
   };
   if (a.op_type != b.op_type) return differ("operations");
   if (a.dtype != b.dtype) return differ("data types");
-  if (a.device != b.device) return differ("devices");
+  // CPU or GPU must agree; the GPU's ordinal is each rank's own (usually its local rank).
+  if ((a.device < 0) != (b.device < 0)) return differ("devices");
   bool reduces = a.op_type == OpType::kAllreduce || a.op_type == OpType::kReducescatter;
   if (reduces && a.reduce_op != b.reduce_op) return differ("reduce ops");
   if (reduces && (a.prescale != b.prescale || a.postscale != b.postscale)) {

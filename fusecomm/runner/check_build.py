@@ -45,8 +45,11 @@ def report():
         f"        built with {mpicc}, launched with {mpiexec}",
         "",
         "Available Tensor Operations:",
-        f"    {mark(info['nccl'])} NCCL",
-        f"    [X] MPI",
-        f"    {mark(info['cuda'])} CUDA",
+        f"    {mark(info['nccl'])} NCCL" + (f" {info['nccl_version']}" if info["nccl"] else ""),
+        f"    [X] MPI" + (f" (CUDA-aware: {info['cuda_aware_mpi']}; device tensors on MPI are "
+                          "staged through host memory)" if info["cuda"] else ""),
+        f"    {mark(info['cuda'])} CUDA" + (
+            f" runtime {info['cuda_runtime_version']}, driver {info['cuda_driver_version']}"
+            if info["cuda"] else ""),
     ]
     return "\n".join(lines)

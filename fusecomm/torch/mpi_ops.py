@@ -46,8 +46,8 @@ def _dtype_code(dtype):
 
 
 def _device_index(tensor):
-    """-1 for CPU tensors, the device index for CUDA tensors (the engine tells a build without
-    CUDA apart and refuses them with a message); anything else is refused here."""
+    """-1 for CPU tensors, the device index for CUDA tensors (a build without CUDA refuses them
+    with a message); anything else is refused here."""
     device = tensor.device
     if device.type == "cpu":
         return -1
@@ -94,14 +94,22 @@ def _ptr(tensor):
     return tensor.data_ptr() if tensor.numel() else 0
 
 
+def _stream(tensor):
+    """The caller's current CUDA stream for a CUDA tensor (the engine orders its work after
+    what is queued there), 0 for CPU tensors."""
+    if tensor.device.type != "cuda":
+        return 0
+    return torch.cuda.current_stream(tensor.device).cuda_stream
+
+
 def _submit(op_type, tensor, output, name, finisher, process_set, **kwargs):
     """Queues one collective on `tensor` (contiguous) writing `output` (or an engine-allocated
     buffer when None); both stay alive until synchronize()."""
     return _engine.submit(op_type, _op_name(op_type, name, process_set),
                           _dtype_code(tensor.dtype), tensor.shape, _ptr(tensor),
                           _ptr(output) if output is not None else 0, (tensor, output), finisher,
-                          device=_device_index(tensor), process_set_id=process_set_id(process_set),
-                          **kwargs)
+                          device=_device_index(tensor), stream=_stream(tensor),
+                          process_set_id=process_set_id(process_set), **kwargs)
 
 
 def _in_place(tensor):
@@ -121,14 +129,17 @@ def _in_place(tensor):
 
 
 def _engine_output(dtype, device):
-    """Wraps an engine-allocated result (uint8 bytes + shape) as a tensor without copying."""
+    """Wraps an engine-allocated result (host or device bytes + shape) as a tensor without
+    copying."""
 
     def wrap(result):
         data, shape, _ = result
-        if data is None or data.size == 0:
-            out = torch.empty(shape, dtype=dtype)
-        else:
-            out = torch.from_numpy(data).view(dtype).view(shape)
+        if data is None or data.nbytes == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
+        if isinstance(data, _engine.DeviceBuffer):
+            raw = torch.as_tensor(_engine.CudaBytes(data), device=device)
+            return raw.view(dtype).view(shape)
+        out = torch.from_numpy(data).view(dtype).view(shape)
         return out if device.type == "cpu" else out.to(device)
 
     return wrap

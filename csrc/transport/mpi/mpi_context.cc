@@ -12,6 +12,7 @@
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
 #include "transport/mpi/mpi_wait.h"
+#include "transport/split_topology.h"
 
 namespace fusecomm {
 
@@ -34,7 +35,6 @@ MPI_Comm Dup(MPI_Comm comm) {
 }
 
 Topology BuildTopology(MpiComm& global, const Config& config) {
-  Topology topo;
   const int rank = global.rank(), size = global.size();
   // Node of each rank: consecutive virtual nodes of FUSECOMM_LOCAL_SIZE ranks, or the real
   // shared-memory node (identified by its lowest global rank).
@@ -50,29 +50,10 @@ Topology BuildTopology(MpiComm& global, const Config& config) {
     node_id = rank;
     node.NativeAllreduce(&node_id, 1, DataType::kInt32, ReduceOp::kMin);
   }
-  topo.local = global.Split(node_id, rank);
-  topo.cross = global.Split(topo.local->rank(), rank);
   std::vector<int> node_of(size);
   global.NativeAllgatherv(&node_id, sizeof(int), node_of.data(),
                           std::vector<size_t>(size, sizeof(int)));
-  std::vector<int> ids = node_of;
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  for (int id : ids) {
-    topo.node_sizes.push_back(static_cast<int>(std::count(node_of.begin(), node_of.end(), id)));
-  }
-  topo.homogeneous = std::all_of(topo.node_sizes.begin(), topo.node_sizes.end(),
-                                 [&](int s) { return s == topo.node_sizes[0]; });
-  // Torus rows are FUSECOMM_TORUS_X consecutive ranks, by default the largest node's size
-  // (the same on every rank, unlike this rank's own node size when nodes are uneven).
-  const int widest_node = *std::max_element(topo.node_sizes.begin(), topo.node_sizes.end());
-  topo.torus_x = std::max(1, std::min(size, config.torus_x > 0 ? config.torus_x : widest_node));
-  topo.torus_row = global.Split(rank / topo.torus_x, rank);
-  topo.torus_col = global.Split(rank % topo.torus_x, rank);
-  // Columns among full rows only: ranks of a partial last row fold into the row above.
-  const int full_rows = size / topo.torus_x;
-  topo.torus_col_full = global.Split(rank / topo.torus_x < full_rows ? rank % topo.torus_x : -1, rank);
-  return topo;
+  return SplitTopology(global, node_of, config.torus_x);
 }
 
 }  // namespace
