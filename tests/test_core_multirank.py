@@ -87,10 +87,13 @@ def test_randomized_stress_with_threads(ranks):
 def test_cost_model_two_link_classes(mode, tmp_path):
     """Predictions follow the α-β-γ formulas per link class, and a slow inter-node link moves
     auto's choice for large buffers to a two-level algorithm."""
-    beta_inter = 2e-9 if mode == "slow_inter" else 1e-10
+    # A slow network: the cross-node rings (2 local ranks' flows at once) see twice the per-byte
+    # time of the ring over all ranks (one flow per node), both far above shared memory.
+    beta_inter, beta_ring = (2e-9, 1e-9) if mode == "slow_inter" else (1e-10, 1e-10)
     calibration = tmp_path / "model.txt"
     calibration.write_text(
         f"alpha_intra 1e-05\nbeta_intra 1e-10\nalpha_inter 1e-05\nbeta_inter {beta_inter}\n"
+        f"alpha_ring 1e-05\nbeta_ring {beta_ring}\n"
         "gamma 5e-11\nnative_small 1e-06\nnative_mid 0.001\nnative_large 0.01\n")
     out = run_ranks("core_cost_model.py", 4, calibration, mode,
                     env={"FUSECOMM_LOCAL_SIZE": "2", "FUSECOMM_CALIBRATION_FILE": str(calibration)})

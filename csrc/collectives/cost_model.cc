@@ -52,20 +52,25 @@ AlgorithmCost Minus(AlgorithmCost a, AlgorithmCost b) {
 // runs at the pace of its slowest link: all of it is charged to the inter-node link. The
 // two-level schemes pay inter-node prices only for their cross-node phase.
 struct LinkCost {
-  AlgorithmCost intra, inter;
+  AlgorithmCost intra, inter, ring;  // ring: a schedule over all ranks in one ring
 };
 
 LinkCost SplitByLink(AllreduceAlgorithm algorithm, const Topology& topo, size_t bytes) {
   const AlgorithmCost total = CostOf(algorithm, topo, bytes, 1);
   const int nodes = static_cast<int>(topo.node_sizes.size());
-  if (nodes <= 1) return {total, {}};
+  const bool global_ring = algorithm == AllreduceAlgorithm::kRing ||
+                           (algorithm == AllreduceAlgorithm::kHierarchicalScatter &&
+                            !topo.homogeneous) ||
+                           (algorithm == AllreduceAlgorithm::kTorus2D &&
+                            topo.torus_x > topo.global->size());
+  if (global_ring) return {{}, {}, total};
+  if (nodes <= 1) return {total, {}, {}};
   AlgorithmCost inter;
   switch (algorithm) {
     case AllreduceAlgorithm::kHierarchical:
       inter = RingAllreduceCost(nodes, 0, bytes, 1);
       break;
     case AllreduceAlgorithm::kHierarchicalScatter:
-      if (!topo.homogeneous) return {{}, total};  // runs the global ring
       inter = RingAllreduceCost(nodes, 0, EvenBlockCounts(bytes, topo.node_sizes[0])[0], 1);
       break;
     case AllreduceAlgorithm::kTorus2D: {
@@ -73,14 +78,14 @@ LinkCost SplitByLink(AllreduceAlgorithm algorithm, const Topology& topo, size_t 
       // Rows are x consecutive ranks: inside a node when every node holds whole rows.
       bool rows_in_nodes = true;
       for (int k : topo.node_sizes) rows_in_nodes = rows_in_nodes && k % x == 0;
-      if (!rows_in_nodes || p / x < 1) return {{}, total};
+      if (!rows_in_nodes) return {{}, total, {}};
       inter = RingAllreduceCost(p / x, 0, EvenBlockCounts(bytes, x)[0], 1);
       break;
     }
-    default:
-      return {{}, total};
+    default:  // rhd: its widest exchanges cross nodes, every rank at once
+      return {{}, total, {}};
   }
-  return {Minus(total, inter), inter};
+  return {Minus(total, inter), inter, {}};
 }
 
 double Median(std::vector<double> v) {
@@ -111,10 +116,12 @@ double CostModel::Predict(AllreduceAlgorithm algorithm, const Topology& topo, si
   }
   // Costs are in elements; evaluate on bytes (1-byte elements) so the model is dtype-free.
   const LinkCost cost = SplitByLink(algorithm, topo, bytes);
-  const double sent = double(cost.intra.bytes_sent) + double(cost.inter.bytes_sent);
+  const double sent = double(cost.intra.bytes_sent) + double(cost.inter.bytes_sent) +
+                      double(cost.ring.bytes_sent);
   // About half of what a rank sends it has also reduced (reduce-scatter half of the schemes).
   return cost.intra.steps * alpha_intra + cost.intra.bytes_sent * beta_intra +
-         cost.inter.steps * alpha_inter + cost.inter.bytes_sent * beta_inter + 0.5 * sent * gamma;
+         cost.inter.steps * alpha_inter + cost.inter.bytes_sent * beta_inter +
+         cost.ring.steps * alpha_ring + cost.ring.bytes_sent * beta_ring + 0.5 * sent * gamma;
 }
 
 AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, size_t bytes) {
@@ -144,6 +151,7 @@ namespace {
 std::vector<std::pair<const char*, double*>> Fields(CostModel& m) {
   return {{"alpha_intra", &m.alpha_intra}, {"beta_intra", &m.beta_intra},
           {"alpha_inter", &m.alpha_inter}, {"beta_inter", &m.beta_inter},
+          {"alpha_ring", &m.alpha_ring},   {"beta_ring", &m.beta_ring},
           {"gamma", &m.gamma},             {"native_small", &m.native_small},
           {"native_mid", &m.native_mid},   {"native_large", &m.native_large}};
 }
@@ -214,20 +222,21 @@ CostModel CalibrateCostModel(const Topology& topo) {
   const bool one_node = topo.node_sizes.size() <= 1;
   const auto intra = MeasureLink(one_node ? &comm : topo.local.get(), send.get(), recv.get(), reps);
   const auto inter = MeasureLink(one_node ? nullptr : topo.cross.get(), send.get(), recv.get(), reps);
+  const auto ring = MeasureLink(&comm, send.get(), recv.get(), reps);
   auto native = [&](size_t bytes) {
     return TimeIt(reps, [&] {
       comm.NativeAllreduce(send.get(), bytes / 4, DataType::kFloat32, ReduceOp::kSum);
     });
   };
   comm.NativeAllreduce(send.get(), kLarge / 4, DataType::kFloat32, ReduceOp::kSum);
-  double values[8] = {
-      intra.first, intra.second, inter.first, inter.second,
+  double values[10] = {
+      intra.first, intra.second, inter.first, inter.second, ring.first, ring.second,
       TimeIt(reps, [&] {
         mem.ReduceInto(recv.get(), send.get(), kLarge / 4, DataType::kFloat32, ReduceOp::kSum);
       }) / double(kLarge),
       native(kSmall), native(kMid), native(kLarge)};
   // The slowest rank sets the pace; agreeing on it makes every rank choose alike.
-  comm.NativeAllreduce(values, 8, DataType::kFloat64, ReduceOp::kMax);
+  comm.NativeAllreduce(values, 10, DataType::kFloat64, ReduceOp::kMax);
   // A class no rank could measure (-1 everywhere) takes the other's values.
   for (int i = 0; i < 2; ++i) {
     if (values[i] < 0) values[i] = values[i + 2];
@@ -237,10 +246,12 @@ CostModel CalibrateCostModel(const Topology& topo) {
   model.beta_intra = values[1];
   model.alpha_inter = values[2];
   model.beta_inter = values[3];
-  model.gamma = values[4];
-  model.native_small = values[5];
-  model.native_mid = values[6];
-  model.native_large = values[7];
+  model.alpha_ring = values[4];
+  model.beta_ring = values[5];
+  model.gamma = values[6];
+  model.native_small = values[7];
+  model.native_mid = values[8];
+  model.native_large = values[9];
   model.calibrated = true;
   return model;
 }

@@ -13,12 +13,18 @@ struct Topology;
 
 struct CostModel {
   bool calibrated = false;
-  // Two link classes: inside a node (measured on topo.local) and between nodes (on topo.cross).
-  // On one machine with virtual nodes both are shared memory and come out alike.
+  // Link classes: inside a node (measured on topo.local, every node at once) and between nodes
+  // (on topo.cross, every cross-node ring at once). On one machine with virtual nodes both are
+  // shared memory and come out alike.
   double alpha_intra = 5e-6;  // seconds per message (point-to-point)
   double beta_intra = 2e-10;  // seconds per byte sent
   double alpha_inter = 5e-6;
   double beta_inter = 2e-10;
+  // A ring over all ranks (measured on topo.global): one flow per node crosses each node
+  // boundary, where the cross-node rings above measure every local rank's flow at once. The
+  // one-level ring pays these.
+  double alpha_ring = 5e-6;
+  double beta_ring = 2e-10;
   double gamma = 1e-10;       // seconds per byte reduced
   // MPI_Allreduce measured directly: seconds at 8 B, 64 KiB and 1 MiB (linear in between,
   // extrapolated from the last two beyond).

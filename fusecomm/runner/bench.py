@@ -60,8 +60,10 @@ def run(args):
 
 
 def _iterations(nbytes, quick):
-    budget = (16 << 20) if quick else (64 << 20)
-    return max(3, min(200 if quick else 500, budget // max(nbytes, 1)))
+    """Timed rounds per size: a byte budget, but never fewer than 10 (the median of 3 samples
+    on a shared 2-core machine is mostly noise)."""
+    budget = (32 << 20) if quick else (256 << 20)
+    return max(10, min(200 if quick else 500, budget // max(nbytes, 1)))
 
 
 def _time_interleaved(impls, reset, iters, comm_max):
