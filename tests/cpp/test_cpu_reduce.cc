@@ -15,6 +15,7 @@
 #include "common/errors.h"
 #include "common/types.h"
 #include "reduce/cpu_reduce.h"
+#include "test_rng.h"
 #include "transport/memory.h"
 
 using namespace fusecomm;
@@ -43,18 +44,7 @@ bool Throws(Fn fn) {
   return false;
 }
 
-// splitmix64: deterministic, so a failure reproduces.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed) {}
-  uint64_t Next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1p-53; }
-};
+using fusecomm_test::Rng;
 
 template <typename T>
 T Load(const std::vector<uint8_t>& buf, size_t i) {
