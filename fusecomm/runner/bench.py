@@ -60,31 +60,40 @@ def run(args):
 
 
 def _iterations(nbytes, quick):
-    """Timed rounds per size: a byte budget, but never fewer than 10 (the median of 3 samples
-    on a shared 2-core machine is mostly noise)."""
-    budget = (32 << 20) if quick else (256 << 20)
-    return max(10, min(200 if quick else 500, budget // max(nbytes, 1)))
+    """Timed rounds per size: a byte budget, but never fewer than 20. Small sizes get many
+    (600 in quick mode): on a shared 2-core machine the median of 200 rounds still differed by
+    up to 7% between five copies of the same implementation."""
+    budget = (64 << 20) if quick else (512 << 20)
+    return max(20, min(600 if quick else 2000, budget // max(nbytes, 1)))
 
 
-def _time_interleaved(impls, reset, iters, comm_max):
-    """Median seconds of each impl's step, max over ranks. The impls take turns within every
+def _time_interleaved(impls, reset, iters, comm_max, sync, seed):
+    """(median, 10th percentile) over iterations of each impl's step time, the step's time being
+    the slowest rank's (the collective is done when the last rank is). Interference from other
+    threads on a shared machine only ever adds time, so the low percentile is the steadier
+    estimate of what the implementation itself costs: across five identical copies of one
+    implementation it spread by 1-2% where the median spread by 3-7%. The impls take turns within every
     iteration, so a burst of noise on this shared machine lands on all of them alike instead of
-    on whichever happened to be running. The order is shuffled every iteration (the same on
-    every rank: the seed is the iteration), because an impl's time depends on its predecessor:
-    after a blocking MPI_Allreduce the ranks start in lock-step, after an engine call they are
-    skewed. Two warm-up rounds are dropped."""
+    on whichever happened to be running. Every step starts from `sync` (a barrier), because
+    otherwise a step's time depends on its predecessor: a blocking MPI_Allreduce leaves the
+    ranks in lock-step, an engine call leaves them skewed, and an impl that happened to follow
+    the peers more often looked a few percent faster. The order is still shuffled every
+    iteration (the same on every rank: the seed is the size and the iteration, so no order
+    repeats across sizes). Two warm-up rounds are dropped."""
     import numpy as np
 
     samples = [[] for _ in impls]
     for i in range(iters + 2):
-        for k in np.random.default_rng(i).permutation(len(impls)):
+        for k in np.random.default_rng([seed, i]).permutation(len(impls)):
             reset()
+            sync()
             t0 = time.perf_counter()
             impls[k][1]()
             dt = time.perf_counter() - t0
             if i >= 2:
                 samples[k].append(dt)
-    return [comm_max(float(np.median(s))) for s in samples]
+    slowest = [comm_max(np.array(s)) for s in samples]
+    return [(float(np.median(s)), float(np.percentile(s, 10))) for s in slowest]
 
 
 def worker(argv):
@@ -94,6 +103,7 @@ def worker(argv):
     add_arguments(parser)
     args = parser.parse_args(argv)
     import fusecomm
+    from fusecomm._engine import dtype_code
 
     fusecomm.init()
     rank, n = fusecomm.rank(), fusecomm.size()
@@ -107,18 +117,22 @@ def worker(argv):
     algorithms = [a for a in args.algorithms.split(",") if a]
 
     def comm_max(x):
-        return float(fusecomm.allreduce(np.array([x]), op=fusecomm.Max, name="bench.max")[0])
+        return fusecomm.allreduce(x, op=fusecomm.Max, name="bench.max")
 
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        MPI = None
+    # Each timed step starts from MPI's own barrier (the engine's barrier would leave the ranks
+    # as skewed as any engine call does).
+    sync = MPI.COMM_WORLD.Barrier if MPI is not None else fusecomm.barrier
     peer = None
     if not args.no_peer:
-        try:
-            from mpi4py import MPI
-
+        if MPI is not None:
             peer = MPI.COMM_WORLD
-        except ImportError:
-            if rank == 0:
-                print("mpi4py is not installed: skipping the MPI_Allreduce reference",
-                      file=sys.stderr)
+        elif rank == 0:
+            print("mpi4py is not installed: skipping the MPI_Allreduce reference",
+                  file=sys.stderr)
     horovod = None
     if not args.no_peer:
         try:  # a peer only where it is installed; fusecomm never depends on it
@@ -144,7 +158,7 @@ def worker(argv):
             np.copyto(buf, mine)
 
         impls = [(f"fusecomm:{a}", (lambda a=a: fusecomm.allreduce_(
-            buf, op=fusecomm.Sum, name="bench", algorithm=a))) for a in algorithms]
+            buf, op=fusecomm.Sum, name=f"bench.{a}", algorithm=a))) for a in algorithms]
         if peer is not None:
             impls.append(("MPI_Allreduce", lambda: peer.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)))
         if horovod is not None:
@@ -152,8 +166,8 @@ def worker(argv):
             impls.append(("horovod", lambda: horovod.allreduce_(tensor, op=horovod.Sum,
                                                                name="bench")))
         iters = _iterations(count * dtype.itemsize, args.quick)
-        times = _time_interleaved(impls, reset, iters, comm_max)
-        for (label, step), seconds in zip(impls, times):
+        times = _time_interleaved(impls, reset, iters, comm_max, sync, seed=nbytes)
+        for (label, step), (seconds, seconds_p10) in zip(impls, times):
             reset()
             step()  # once more, untimed, to check this impl's result
             wrong = int(np.count_nonzero(buf != expected_value))
@@ -161,9 +175,11 @@ def worker(argv):
             algbw = count * dtype.itemsize / seconds / 1e9
             row = {"impl": label, "ranks": n, "size": count * dtype.itemsize, "count": count,
                    "type": dtype.name, "redop": "sum", "root": -1, "time_us": seconds * 1e6,
+                   "time_p10_us": seconds_p10 * 1e6,
                    "algbw": algbw, "busbw": algbw * 2 * (n - 1) / n, "wrong": wrong,
                    "local_size": fusecomm.local_size(),
-                   "picked": (fusecomm._core.auto_algorithm(count * dtype.itemsize)
+                   "picked": (fusecomm._core.auto_algorithm(count * dtype.itemsize,
+                                                            dtype_code(dtype.name))
                               if label == "fusecomm:auto" else ""),
                    "predicted_us": (fusecomm._core.predict_seconds(
                        label.split(":")[1], count * dtype.itemsize) * 1e6
@@ -189,12 +205,12 @@ def worker(argv):
 
 def header():
     return (f"{'impl':<24}{'size(B)':>12}{'count':>12}{'type':>9}{'redop':>6}{'root':>5}"
-            f"{'time(us)':>12}{'algbw':>9}{'busbw':>9}{'#wrong':>8}  auto picked")
+            f"{'time(us)':>12}{'p10(us)':>10}{'algbw':>9}{'busbw':>9}{'#wrong':>8}  auto picked")
 
 
 def format_row(r):
     return (f"{r['impl']:<24}{r['size']:>12}{r['count']:>12}{r['type']:>9}{r['redop']:>6}"
-            f"{r['root']:>5}{r['time_us']:>12.1f}{r['algbw']:>9.3f}{r['busbw']:>9.3f}"
+            f"{r['root']:>5}{r['time_us']:>12.1f}{r['time_p10_us']:>10.1f}{r['algbw']:>9.3f}{r['busbw']:>9.3f}"
             f"{r['wrong']:>8}  {r['picked']}")
 
 
