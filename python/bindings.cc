@@ -136,7 +136,24 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("path"), py::arg("mark_cycles") = false);
   m.def("stop_timeline", [] { Engine::Get().StopTimeline(); },
         py::call_guard<py::gil_scoped_release>());
-  m.def("auto_algorithm", [](size_t bytes) { return Engine::Get().AutoAlgorithm(bytes); });
+  m.def("auto_algorithm", [](size_t bytes, int32_t dtype) {
+    CheckDataType(dtype);
+    return Engine::Get().AutoAlgorithm(bytes, static_cast<DataType>(dtype));
+  }, py::arg("bytes"), py::arg("dtype") = static_cast<int32_t>(DataType::kFloat32));
+  m.def("tuned_classes", [] {
+    py::list out;
+    for (const TunedClass& c : Engine::Get().TunedClasses()) {
+      py::dict seconds;
+      for (const auto& [algorithm, s] : c.seconds) seconds[AllreduceAlgorithmName(algorithm)] = s;
+      py::dict entry;
+      entry["dtype"] = DataTypeName(c.dtype);
+      entry["bytes"] = c.bytes;
+      entry["chosen"] = AllreduceAlgorithmName(c.chosen);
+      entry["seconds"] = seconds;
+      out.append(entry);
+    }
+    return out;
+  });
   m.def("predict_seconds", [](const std::string& algorithm, size_t bytes) {
     return Engine::Get().PredictSeconds(algorithm, bytes);
   });

@@ -98,3 +98,15 @@ def test_cost_model_two_link_classes(mode, tmp_path):
     out = run_ranks("core_cost_model.py", 4, calibration, mode,
                     env={"FUSECOMM_LOCAL_SIZE": "2", "FUSECOMM_CALIBRATION_FILE": str(calibration)})
     assert out.count(": OK") == 4, out
+
+
+@pytest.mark.parametrize("ranks,local_size,mode", [(2, 0, "on"), (3, 0, "on"), (4, 2, "on"),
+                                                   (3, 0, "off")])
+def test_auto_measures_each_size_class_once(ranks, local_size, mode):
+    """auto races the model's short list per (dtype, size class) on first use, every rank
+    choosing the fastest by the slowest rank's times; FUSECOMM_AUTOTUNE=0 leaves the model."""
+    env = {"FUSECOMM_AUTOTUNE": "1" if mode == "on" else "0"}
+    if local_size:
+        env["FUSECOMM_LOCAL_SIZE"] = str(local_size)
+    out = run_ranks("core_auto_tuner.py", ranks, random.randrange(1 << 16), mode, env=env)
+    assert out.count(": OK") == ranks, out

@@ -124,8 +124,7 @@ double CostModel::Predict(AllreduceAlgorithm algorithm, const Topology& topo, si
          cost.ring.steps * alpha_ring + cost.ring.bytes_sent * beta_ring + 0.5 * sent * gamma;
 }
 
-AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, size_t bytes) {
-  if (topo.global->size() == 1) return AllreduceAlgorithm::kNative;
+std::vector<AllreduceAlgorithm> AutoCandidates(const Topology& topo) {
   std::vector<AllreduceAlgorithm> candidates = {
       AllreduceAlgorithm::kNative, AllreduceAlgorithm::kRing,
       AllreduceAlgorithm::kRecursiveHalvingDoubling, AllreduceAlgorithm::kTorus2D};
@@ -133,6 +132,12 @@ AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, si
     candidates.push_back(AllreduceAlgorithm::kHierarchical);
     if (topo.homogeneous) candidates.push_back(AllreduceAlgorithm::kHierarchicalScatter);
   }
+  return candidates;
+}
+
+AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, size_t bytes) {
+  if (topo.global->size() == 1) return AllreduceAlgorithm::kNative;
+  const std::vector<AllreduceAlgorithm> candidates = AutoCandidates(topo);
   AllreduceAlgorithm best = candidates[0];
   double best_time = model.Predict(best, topo, bytes);
   for (AllreduceAlgorithm a : candidates) {

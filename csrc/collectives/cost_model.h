@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "common/types.h"
 
@@ -41,6 +42,9 @@ struct CostModel {
 // Collective over topo.global: measures the parameters (a few milliseconds) and agrees on the
 // slowest rank's values so that every rank predicts, and so chooses, the same.
 CostModel CalibrateCostModel(const Topology& topo);
+
+// The algorithms `auto` chooses among on this topology (every rank lists the same).
+std::vector<AllreduceAlgorithm> AutoCandidates(const Topology& topo);
 
 // The cheapest algorithm for `bytes` under the model; every rank returns the same.
 AllreduceAlgorithm ChooseByCost(const CostModel& model, const Topology& topo, size_t bytes);

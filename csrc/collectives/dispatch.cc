@@ -6,14 +6,22 @@
 
 namespace fusecomm {
 
-AllreduceAlgorithm ChooseAllreduceAlgorithm(const Topology& topo, size_t bytes) {
+AllreduceAlgorithm ChooseAllreduceAlgorithm(const Topology& topo, size_t bytes, DataType dtype) {
+  if (topo.tuner) {
+    if (auto measured = topo.tuner->Lookup(bytes, dtype)) return *measured;
+  }
   return ChooseByCost(topo.cost_model, topo, bytes);
+}
+
+AllreduceAlgorithm ResolveAutoAllreduce(const Topology& topo, size_t bytes, DataType dtype) {
+  return topo.tuner ? topo.tuner->Choose(topo, bytes, dtype)
+                    : ChooseByCost(topo.cost_model, topo, bytes);
 }
 
 AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorithm, void* buf,
                                 size_t count, DataType dtype, ReduceOp op) {
   if (algorithm == AllreduceAlgorithm::kAuto) {
-    algorithm = ChooseAllreduceAlgorithm(topo, count * DataTypeSize(dtype));
+    algorithm = ResolveAutoAllreduce(topo, count * DataTypeSize(dtype), dtype);
   }
   Comm& comm = *topo.global;
   switch (algorithm) {

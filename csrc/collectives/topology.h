@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "collectives/auto_tuner.h"
 #include "collectives/cost_model.h"
 #include "transport/comm.h"
 
@@ -30,6 +31,9 @@ struct Topology {
   std::vector<int> node_sizes;
   // Measured at init; `auto` chooses algorithms with it.
   CostModel cost_model;
+  // Measures `auto`'s candidates per size class at first use; null: the model alone chooses
+  // (FUSECOMM_AUTOTUNE=0). Shared, not copied, by a topology split from this one.
+  std::shared_ptr<AutoTuner> tuner;
 
   int local_rank() const { return local ? local->rank() : 0; }
   int local_size() const { return local ? local->size() : 1; }

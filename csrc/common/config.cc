@@ -79,6 +79,7 @@ Config Config::FromEnvironment() {
   c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
   c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;
+  c.autotune = EnvInt("FUSECOMM_AUTOTUNE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
   return c;
 }

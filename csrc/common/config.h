@@ -25,6 +25,7 @@ struct Config {
   bool timeline_mark_cycles = false;                // FUSECOMM_TIMELINE_MARK_CYCLES
   bool calibrate = true;                            // FUSECOMM_CALIBRATE (0: model defaults)
   std::string calibration_file;                     // FUSECOMM_CALIBRATION_FILE (cache)
+  bool autotune = true;                             // FUSECOMM_AUTOTUNE (0: the model alone)
 
   static Config FromEnvironment();
 };

@@ -31,7 +31,8 @@ class DataPlane {
   virtual Comm& host() = 0;
   // The algorithm that runs an all-reduce of `bytes` when `requested` (never kAuto) was asked for
   // or kAuto: the cost model's choice on host memory, NCCL's own all-reduce on devices.
-  virtual AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes) = 0;
+  virtual AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes,
+                                    DataType dtype) = 0;
   // An output the engine allocates in this plane's memory.
   virtual std::shared_ptr<EngineBuffer> AllocateOutput(size_t bytes) = 0;
   // dst = src * factor for every entry (one kernel launch on a device).
@@ -58,8 +59,8 @@ class HostPlane : public DataPlane {
   explicit HostPlane(Topology& topology) : topology_(topology) {}
   Topology& topology() override { return topology_; }
   Comm& host() override { return *topology_.global; }
-  AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes) override {
-    return requested == AllreduceAlgorithm::kAuto ? ChooseAllreduceAlgorithm(topology_, bytes)
+  AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes, DataType dtype) override {
+    return requested == AllreduceAlgorithm::kAuto ? ResolveAutoAllreduce(topology_, bytes, dtype)
                                                   : requested;
   }
   std::shared_ptr<EngineBuffer> AllocateOutput(size_t bytes) override {

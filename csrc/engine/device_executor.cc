@@ -50,7 +50,7 @@ class NcclPlane : public DataPlane {
   Topology& topology() override { return topology_; }
   Comm& host() override { return *host_topology_.global; }
 
-  AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t) override {
+  AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t, DataType) override {
     // NCCL's own all-reduce is tuned for the hardware (NVLink, rings and trees per channel);
     // ours run on it when asked for by name.
     if (requested == AllreduceAlgorithm::kAuto || requested == AllreduceAlgorithm::kNative) {

@@ -143,9 +143,15 @@ FUSECOMM_GLOBAL_QUERY(cross_rank, w.topology().cross_rank())
 FUSECOMM_GLOBAL_QUERY(cross_size, w.topology().cross_size())
 #undef FUSECOMM_GLOBAL_QUERY
 
-std::string Engine::AutoAlgorithm(size_t bytes) {
+std::string Engine::AutoAlgorithm(size_t bytes, DataType dtype) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return AllreduceAlgorithmName(ChooseAllreduceAlgorithm(WorkerFor(0).topology(), bytes));
+  return AllreduceAlgorithmName(ChooseAllreduceAlgorithm(WorkerFor(0).topology(), bytes, dtype));
+}
+
+std::vector<TunedClass> Engine::TunedClasses() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Topology& topo = WorkerFor(0).topology();
+  return topo.tuner ? topo.tuner->Classes() : std::vector<TunedClass>{};
 }
 
 void Engine::StartTimeline(const std::string& path, bool mark_cycles) {
@@ -163,7 +169,7 @@ double Engine::PredictSeconds(const std::string& algorithm, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Topology& topo = WorkerFor(0).topology();
   AllreduceAlgorithm a = ParseAllreduceAlgorithm(algorithm);
-  if (a == AllreduceAlgorithm::kAuto) a = ChooseAllreduceAlgorithm(topo, bytes);
+  if (a == AllreduceAlgorithm::kAuto) a = ChooseAllreduceAlgorithm(topo, bytes, DataType::kFloat32);
   return topo.cost_model.Predict(a, topo, bytes);
 }
 

@@ -57,8 +57,11 @@ class Engine {
   // Rank of this process inside set `id`, or -1 when not a member.
   int ProcessSetRank(int id);
 
-  // The algorithm `auto` picks for a buffer of `bytes` in the global set, and the cost model.
-  std::string AutoAlgorithm(size_t bytes);
+  // The algorithm `auto` picks for a buffer of `bytes` of `dtype` in the global set, and the
+  // cost model.
+  std::string AutoAlgorithm(size_t bytes, DataType dtype);
+  // What `auto` has measured so far in the global set (empty with FUSECOMM_AUTOTUNE=0).
+  std::vector<TunedClass> TunedClasses();
   // The cost model's predicted seconds for `algorithm` ("auto" = what auto would pick).
   double PredictSeconds(const std::string& algorithm, size_t bytes);
   std::string CostModelText();

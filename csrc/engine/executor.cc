@@ -88,7 +88,7 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
   for (Request* r : group) total += ElementCount(r->spec);
   const AllreduceAlgorithm algorithm = plane.Choose(
       kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm,
-      total * elem);
+      total * elem, kind.dtype);
   const std::string collective_args =
       timeline_->active() ? std::string("{\"algorithm\":\"") + AllreduceAlgorithmName(algorithm) +
                                 "\",\"bytes\":" + std::to_string(total * elem) +

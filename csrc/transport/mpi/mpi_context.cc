@@ -167,6 +167,7 @@ std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config
   Topology topo = BuildTopology(*data, config);
   topo.global = data.get();
   topo.cost_model = LoadOrCalibrate(id, topo, config);
+  if (config.autotune) topo.tuner = std::make_shared<AutoTuner>();
   return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
                                             std::move(topo), config, timeline);
 }
