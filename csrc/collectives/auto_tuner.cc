@@ -87,12 +87,7 @@ TunedClass AutoTuner::Measure(const Topology& topo, size_t bytes, DataType dtype
   // or non-finite however many rounds run.
   const size_t count = bytes / DataTypeSize(dtype);
   const size_t scratch_bytes = count * DataTypeSize(dtype);
-  MemoryOps& mem = comm.memory();
-  std::shared_ptr<void> scratch = mem.Allocate(scratch_bytes);
-  {
-    std::vector<char> zeros(scratch_bytes, 0);
-    mem.Copy(scratch.get(), zeros.data(), scratch_bytes);
-  }
+  std::shared_ptr<void> scratch = comm.memory().AllocateZeroed(scratch_bytes);
   const ReduceOp op = ReduceOpSupported(dtype, ReduceOp::kSum) ? ReduceOp::kSum : ReduceOp::kMax;
 
   // Interleaved in an order shuffled every round, so that a burst of noise lands on all

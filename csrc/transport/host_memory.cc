@@ -4,6 +4,8 @@
 #include <cstring>
 #include <new>
 
+#include <sys/mman.h>
+
 #include "reduce/cpu_reduce.h"
 #include "transport/memory.h"
 
@@ -44,6 +46,13 @@ std::shared_ptr<void> HostMemoryOps::Allocate(size_t bytes) {
   void* p = std::aligned_alloc(kAlignment, rounded);
   if (p == nullptr) throw std::bad_alloc();
   return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+}
+
+std::shared_ptr<void> HostMemoryOps::AllocateZeroed(size_t bytes) {
+  const size_t length = bytes == 0 ? 1 : bytes;
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return std::shared_ptr<void>(p, [length](void* q) { munmap(q, length); });
 }
 
 HostMemoryOps& HostMemory() {

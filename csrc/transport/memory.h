@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "common/types.h"
 
@@ -24,6 +25,14 @@ class MemoryOps {
                       int64_t divisor) = 0;
   // Scratch space; the returned memory is owned by the caller through the unique_ptr.
   virtual std::shared_ptr<void> Allocate(size_t bytes) = 0;
+  // Scratch space of zeros, for one-off use (the tuner's races): by default Allocate and a copy
+  // from zeroed host memory.
+  virtual std::shared_ptr<void> AllocateZeroed(size_t bytes) {
+    std::shared_ptr<void> out = Allocate(bytes);
+    const std::vector<char> zeros(bytes, 0);
+    Copy(out.get(), zeros.data(), bytes);
+    return out;
+  }
 };
 
 class HostMemoryOps : public MemoryOps {
@@ -36,6 +45,9 @@ class HostMemoryOps : public MemoryOps {
   void Divide(void* dst, const void* src, size_t count, DataType dtype,
               int64_t divisor) override;
   std::shared_ptr<void> Allocate(size_t bytes) override;
+  // Fresh pages from the kernel (already zero), returned to it on release: a one-off buffer
+  // must not leave the allocator holding its size for good.
+  std::shared_ptr<void> AllocateZeroed(size_t bytes) override;
 };
 
 HostMemoryOps& HostMemory();
