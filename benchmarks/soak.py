@@ -212,24 +212,20 @@ def run_small(hvd, args, sampler, rng):
 
 
 def run_large(hvd, args, sampler):
-    """Each step submits args.tensors in-place all-reduces before waiting on any, so the engine
-    fuses them into one 10 MiB all-reduce. In place on the same buffers: the only memory that
+    """Each step is one in-place grouped all-reduce of args.tensors tensors, which the engine
+    fuses into one 10 MiB all-reduce. In place on the same buffers: the only memory that
     can grow is the library's (and MPI's), not NumPy's output arrays."""
     rank, size = hvd.rank(), hvd.size()
     n = int(args.tensor_mib * MIB_FLOATS)
     tensors = [np.empty(n, np.float32) for _ in range(args.tensors)]
     expected = [size * (size + 1) / 2 + size * t for t in range(args.tensors)]
-    names = [f"soak.large.{t}" for t in range(args.tensors)]
     wrong = 0
     sampler.sample("large", 0)
     start = time.perf_counter()
     for step in range(1, args.large + 1):
         for t, x in enumerate(tensors):
             x.fill(rank + 1 + t)
-        handles = [hvd.allreduce_async_(x, name=names[t], op=hvd.Sum)
-                   for t, x in enumerate(tensors)]
-        for handle in handles:
-            hvd.synchronize(handle)
+        hvd.grouped_allreduce_(tensors, name="soak.large", op=hvd.Sum)
         for t, x in enumerate(tensors):
             if step % 10 == 0:
                 ok = bool(np.all(x == expected[t]))

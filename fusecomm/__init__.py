@@ -15,7 +15,8 @@ from fusecomm.ops import (allgather, allgather_async, allgather_object, allreduc
                           allreduce_async, allreduce_async_, alltoall, alltoall_async, barrier,
                           broadcast, broadcast_, broadcast_async, broadcast_async_,
                           broadcast_object, grouped_allgather, grouped_allreduce,
-                          grouped_allreduce_async, grouped_reducescatter, join, poll, reducescatter,
-                          reducescatter_async, synchronize)
+                          grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
+                          grouped_reducescatter, join, poll, reducescatter, reducescatter_async,
+                          synchronize)
 
 __version__ = "0.1.0"

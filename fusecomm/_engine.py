@@ -3,6 +3,7 @@
 Frontends pass raw data pointers; this module keeps the objects those pointers belong to alive
 until the handle is synchronized, so the engine never reads freed memory.
 """
+import contextlib
 import operator
 import threading
 
@@ -103,6 +104,18 @@ def check_int(value, what):
     if not -(1 << 62) < result < (1 << 62):
         raise ValueError(f"{what} {result} is out of range")
     return result
+
+
+@contextlib.contextmanager
+def group(process_set_id=0):
+    """Collectives submitted inside are queued to the engine together, so every rank's
+    negotiation sees a group's members all at once and they fuse as one (Horovod's grouped
+    operations)."""
+    _core.begin_group(process_set_id)
+    try:
+        yield
+    finally:
+        _core.end_group(process_set_id)
 
 
 def submit(op_type, name, dtype, shape, input_ptr, output_ptr, keep_alive, finisher, *,

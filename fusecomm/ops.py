@@ -151,11 +151,18 @@ def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
                             postscale_factor=1.0, process_set=global_process_set, algorithm=None):
-    """Submits every tensor before waiting on any, so the engine fuses them."""
+    """Submits the tensors together, so the engine fuses them as one group; one handle each."""
+    return _grouped_allreduce(allreduce_async, tensors, average, name, op, prescale_factor,
+                              postscale_factor, process_set, algorithm)
+
+
+def _grouped_allreduce(submit_one, tensors, average, name, op, prescale_factor,
+                       postscale_factor, process_set, algorithm):
     tensors = list(tensors)
     base = _engine.auto_name(ALLREDUCE, name)
-    return [allreduce_async(t, average, f"{base}.{i}", op, prescale_factor, postscale_factor,
-                            process_set, algorithm) for i, t in enumerate(tensors)]
+    with _engine.group(process_set_id(process_set)):
+        return [submit_one(t, average, f"{base}.{i}", op, prescale_factor, postscale_factor,
+                           process_set, algorithm) for i, t in enumerate(tensors)]
 
 
 def grouped_allreduce(tensors, average=None, name=None, op=None, prescale_factor=1.0,
@@ -163,6 +170,21 @@ def grouped_allreduce(tensors, average=None, name=None, op=None, prescale_factor
     handles = grouped_allreduce_async(tensors, average, name, op, prescale_factor,
                                       postscale_factor, process_set, algorithm)
     return [synchronize(h) for h in handles]
+
+
+def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
+                             postscale_factor=1.0, process_set=global_process_set,
+                             algorithm=None):
+    """In-place grouped_allreduce_async: each result replaces its tensor's contents."""
+    return _grouped_allreduce(allreduce_async_, tensors, average, name, op, prescale_factor,
+                              postscale_factor, process_set, algorithm)
+
+
+def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
+                       postscale_factor=1.0, process_set=global_process_set, algorithm=None):
+    """In-place grouped all-reduce; returns the tensors."""
+    return [synchronize(h) for h in grouped_allreduce_async_(
+        tensors, average, name, op, prescale_factor, postscale_factor, process_set, algorithm)]
 
 
 def allgather_async(tensor, name=None, process_set=global_process_set):
@@ -180,7 +202,8 @@ def allgather(tensor, name=None, process_set=global_process_set):
 
 def grouped_allgather(tensors, name=None, process_set=global_process_set):
     base = _engine.auto_name(ALLGATHER, name)
-    handles = [allgather_async(t, f"{base}.{i}", process_set) for i, t in enumerate(tensors)]
+    with _engine.group(process_set_id(process_set)):
+        handles = [allgather_async(t, f"{base}.{i}", process_set) for i, t in enumerate(tensors)]
     return [synchronize(h) for h in handles]
 
 
@@ -233,8 +256,9 @@ def reducescatter(tensor, name=None, op=Average, process_set=global_process_set,
 def grouped_reducescatter(tensors, name=None, op=Average, process_set=global_process_set,
                           prescale_factor=1.0, postscale_factor=1.0):
     base = _engine.auto_name(REDUCESCATTER, name)
-    handles = [reducescatter_async(t, f"{base}.{i}", op, process_set, prescale_factor,
-                                   postscale_factor) for i, t in enumerate(tensors)]
+    with _engine.group(process_set_id(process_set)):
+        handles = [reducescatter_async(t, f"{base}.{i}", op, process_set, prescale_factor,
+                                       postscale_factor) for i, t in enumerate(tensors)]
     return [synchronize(h) for h in handles]
 
 

@@ -119,6 +119,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("shape"), py::arg("input"), py::arg("output"), py::arg("reduce_op"),
         py::arg("prescale"), py::arg("postscale"), py::arg("root"), py::arg("device"),
         py::arg("algorithm"), py::arg("splits"), py::arg("process_set"), py::arg("stream") = 0);
+  m.def("begin_group", [](int process_set) { Engine::Get().BeginGroup(process_set); });
+  m.def("end_group", [](int process_set) { Engine::Get().EndGroup(process_set); });
   m.def("poll", [](int64_t id) { return Engine::Get().GetHandle(id)->Done(); });
   m.def("wait", [](int64_t id) {
     auto handle = Engine::Get().GetHandle(id);

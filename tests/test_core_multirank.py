@@ -110,3 +110,10 @@ def test_auto_measures_each_size_class_once(ranks, local_size, mode):
         env["FUSECOMM_LOCAL_SIZE"] = str(local_size)
     out = run_ranks("core_auto_tuner.py", ranks, random.randrange(1 << 16), mode, env=env)
     assert out.count(": OK") == ranks, out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_grouped_allreduce_fuses_as_one(ranks, tmp_path):
+    out = run_ranks("core_grouped_fusion.py", ranks, tmp_path / "timeline.json",
+                    random.randrange(1 << 16))
+    assert out.count(": OK") == ranks, out

@@ -382,6 +382,16 @@ int64_t Engine::Submit(int process_set, Request request) {
   return id;
 }
 
+std::shared_ptr<ProcessSetWorker> Engine::SharedWorker(int process_set) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  WorkerFor(process_set);
+  return process_sets_[process_set].worker;
+}
+
+void Engine::BeginGroup(int process_set) { SharedWorker(process_set)->BeginGroup(); }
+
+void Engine::EndGroup(int process_set) { SharedWorker(process_set)->EndGroup(); }
+
 std::shared_ptr<HandleState> Engine::GetHandle(int64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = handles_.find(id);

@@ -73,12 +73,18 @@ class Engine {
 
   // Validates and queues; returns a handle id.
   int64_t Submit(int process_set, Request request);
+  // Requests submitted to `process_set` between these are queued together (see
+  // ProcessSetWorker::BeginGroup).
+  void BeginGroup(int process_set);
+  void EndGroup(int process_set);
   std::shared_ptr<HandleState> GetHandle(int64_t id);
   void ReleaseHandle(int64_t id);
 
  private:
   Engine() = default;
   ProcessSetWorker& WorkerFor(int process_set);
+  // The worker of `process_set`, kept alive past the engine lock (takes the lock).
+  std::shared_ptr<ProcessSetWorker> SharedWorker(int process_set);
   void CheckInitialized();
   void Validate(const ProcessSetWorker& worker, const Request& request);
 

@@ -52,7 +52,24 @@ void ProcessSetWorker::Submit(Request request) {
       throw InvalidArgument("a collective named '" + name +
                             "' is already in flight on this rank; wait for it or use another name");
     }
-    queue_.push_back(std::move(request));
+    (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
+    if (group_depth_ > 0) return;
+  }
+  wake_.notify_one();
+}
+
+void ProcessSetWorker::BeginGroup() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++group_depth_;
+}
+
+void ProcessSetWorker::EndGroup() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (group_depth_ == 0) throw InvalidArgument("EndGroup without BeginGroup");
+    if (--group_depth_ > 0 || held_.empty()) return;
+    for (Request& request : held_) queue_.push_back(std::move(request));
+    held_.clear();
   }
   wake_.notify_one();
 }
@@ -143,6 +160,8 @@ void ProcessSetWorker::Loop() {
     stop_reason_ = reason;
     stopped_ = true;
     leftover.swap(queue_);
+    for (Request& request : held_) leftover.push_back(std::move(request));
+    held_.clear();
   }
   if (join_handle_) join_handle_->Fail(reason);
   for (Request& request : leftover) {

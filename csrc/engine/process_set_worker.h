@@ -35,6 +35,11 @@ class ProcessSetWorker {
   // Queues a request. Throws InvalidArgument for a name already in flight and NotInitialized
   // once the worker has stopped.
   void Submit(Request request);
+  // Between BeginGroup and EndGroup (nested: the outermost pair counts) submitted requests are
+  // held back and then queued at once, so the negotiation sees a group's members all together
+  // or not at all, and they fuse as one (Horovod's grouped collectives).
+  void BeginGroup();
+  void EndGroup();
   // Asks every rank to stop; returns after this rank's thread has stopped.
   void Shutdown(bool at_exit = false);
   bool stopped() const { return stopped_; }
@@ -54,6 +59,8 @@ class ProcessSetWorker {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<Request> queue_;
+  std::vector<Request> held_;  // submitted inside a group, not yet queued
+  int group_depth_ = 0;
   std::unordered_set<std::string> in_flight_;
   std::string stop_reason_;
   int shutdown_requested_ = 0;  // 0 no, 1 shutdown(), 2 the process is exiting

@@ -133,10 +133,11 @@ def _run_numpy(items, names, arrays):
                                  process_set_id(items[0].attrs["process_set"]))
         names = [base] if len(items) == 1 else [f"{base}.{i}" for i in range(len(items))]
     handles, position = [], 0
-    for item, name in zip(items, names):
-        count = len(item.inputs)
-        handles.append(item.submit(arrays[position:position + count], name))
-        position += count
+    with _engine.group(process_set_id(items[0].attrs["process_set"])):  # fused as one
+        for item, name in zip(items, names):
+            count = len(item.inputs)
+            handles.append(item.submit(arrays[position:position + count], name))
+            position += count
     results = []
     for handle in handles:
         result = _np_ops.synchronize(handle)

@@ -202,7 +202,8 @@ def _grouped(submit_one, tensors, name, op_type, process_set):
     for i, t in enumerate(tensors):  # validate everything before anything is in flight
         _check(t, f"tensors[{i}]")
     base = _op_name(op_type, name, process_set)  # members are '<base>.<i>', prefixed once
-    return _GroupHandle(submit_one(t, _Raw(f"{base}.{i}")) for i, t in enumerate(tensors))
+    with _engine.group(process_set_id(process_set)):  # negotiated and fused as one
+        return _GroupHandle([submit_one(t, _Raw(f"{base}.{i}")) for i, t in enumerate(tensors)])
 
 
 # ---- allreduce --------------------------------------------------------------------------------
