@@ -18,9 +18,11 @@ ALGORITHMS = "ring,rhd,hierarchical,hierarchical_scatter,torus2d,mpi,auto"
 CONFIGS = [(2, 0), (2, 1), (4, 0), (4, 2)]  # (ranks, virtual node size; 0 = the machine)
 
 
-def run_config(ranks, local_size, out_dir, max_bytes, quick):
+def run_config(ranks, local_size, out_dir, max_bytes, quick, from_json=False):
     stem = f"allreduce_{ranks}r_L{local_size or 'node'}"
     jsonl = out_dir / f"{stem}.jsonl"
+    if from_json:
+        return [json.loads(line) for line in jsonl.read_text().splitlines()]
     jsonl.unlink(missing_ok=True)
     cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "bench", "allreduce", "-np", str(ranks),
            "--algorithms", ALGORITHMS, "--max-bytes", max_bytes, "--json", str(jsonl),
@@ -60,6 +62,22 @@ def summarize(rows):
     return lines, worst
 
 
+def resolution(rows):
+    """On one node `torus2d` (width = ranks per node = all ranks) runs exactly the ring's
+    schedule, on a communicator of its own: how far apart the two measure is how finely this
+    run can tell algorithms apart. (max ratio, by the 10th percentile and by the median), or
+    None where the two are not the same schedule."""
+    if rows[0]["local_size"] != rows[0]["ranks"]:
+        return None
+    worst = {"time_p10_us": 1.0, "time_us": 1.0}
+    for size in {r["size"] for r in rows}:
+        at = {r["impl"]: r for r in rows if r["size"] == size}
+        for stat in worst:
+            a, b = at["fusecomm:ring"][stat], at["fusecomm:torus2d"][stat]
+            worst[stat] = max(worst[stat], a / b, b / a)
+    return worst
+
+
 def prediction_table(rows):
     """Lines of a markdown table: per size, each algorithm's measured (10th percentile) and
     predicted microseconds (the cost model, as calibrated at init in the same run)."""
@@ -82,6 +100,8 @@ def main():
     parser.add_argument("--out", default="out/bench")
     parser.add_argument("--max-bytes", default="256M")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--from-json", action="store_true",
+                        help="summarize the JSON lines already in --out instead of running")
     parser.add_argument("--configs", default=",".join(f"{r}:{l}" for r, l in CONFIGS),
                         help="ranks:local_size,... (local_size 0 = the machine)")
     args = parser.parse_args()
@@ -90,13 +110,18 @@ def main():
     report = []
     for item in args.configs.split(","):
         ranks, local_size = (int(x) for x in item.split(":"))
-        rows = run_config(ranks, local_size, out_dir, args.max_bytes, args.quick)
+        rows = run_config(ranks, local_size, out_dir, args.max_bytes, args.quick, args.from_json)
         lines, worst = summarize(rows)
         report += [f"### {ranks} ranks, local size {rows[0]['local_size']}", "", *lines, "",
                    "auto's worst ratio to the best fixed algorithm: "
                    f"{worst['time_p10_us']:.2f} by the 10th percentile, "
-                   f"{worst['time_us']:.2f} by the median", "",
-                   "Measured against predicted (us):", "", *prediction_table(rows), ""]
+                   f"{worst['time_us']:.2f} by the median", ""]
+        same = resolution(rows)
+        if same:
+            report += ["Resolution of this run: `ring` and `torus2d` run the same schedule here "
+                       f"and measured up to {same['time_p10_us']:.2f}x apart by the 10th "
+                       f"percentile, {same['time_us']:.2f}x by the median.", ""]
+        report += ["Measured against predicted (us):", "", *prediction_table(rows), ""]
     text = "\n".join(report)
     (out_dir / "summary.md").write_text(text + "\n")
     print(text)

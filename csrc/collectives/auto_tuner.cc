@@ -16,10 +16,10 @@ namespace fusecomm {
 
 namespace {
 
-// A class's measurement takes about this long (at least 3 rounds, at most 31): a few ms for
-// small messages, where the rounds are many and the noise is large; 3 rounds for large ones.
-constexpr double kBudgetSeconds = 0.025;
-constexpr int kMinRounds = 3, kMaxRounds = 31;
+// A class's measurement takes about this long (at least 5 rounds, at most 31): a few ms for
+// small messages, where the rounds are many and the noise is large; 5 rounds for large ones.
+constexpr double kBudgetSeconds = 0.05;
+constexpr int kMinRounds = 5, kMaxRounds = 31;
 // The model leaves out the engine's fixed per-call cost; a small prediction is at least this.
 constexpr double kFloorSeconds = 30e-6;
 
