@@ -65,16 +65,15 @@ std::vector<TunedClass> AutoTuner::Classes() const {
 TunedClass AutoTuner::Measure(const Topology& topo, size_t bytes, DataType dtype) const {
   Comm& comm = *topo.global;
   const CostModel& model = topo.cost_model;
+  const std::vector<AllreduceAlgorithm> candidates = AutoCandidates(topo);
+  std::vector<double> predicted;
+  for (AllreduceAlgorithm a : candidates) predicted.push_back(model.Predict(a, topo, bytes));
+  const double best_predicted = *std::min_element(predicted.begin(), predicted.end());
   std::vector<AllreduceAlgorithm> shortlist;
-  double best_predicted = std::numeric_limits<double>::infinity();
-  for (AllreduceAlgorithm a : AutoCandidates(topo)) {
-    best_predicted = std::min(best_predicted, model.Predict(a, topo, bytes));
-  }
-  for (AllreduceAlgorithm a : AutoCandidates(topo)) {
-    const double predicted = model.Predict(a, topo, bytes);
-    if (predicted <= kShortlistFactor * best_predicted ||
-        predicted <= best_predicted + kShortlistSeconds) {
-      shortlist.push_back(a);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (predicted[i] <= kShortlistFactor * best_predicted ||
+        predicted[i] <= best_predicted + kShortlistSeconds) {
+      shortlist.push_back(candidates[i]);
     }
   }
   const int n = static_cast<int>(shortlist.size());

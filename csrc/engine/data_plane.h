@@ -30,7 +30,8 @@ class DataPlane {
   // The process set's host communicator, for small metadata (row counts, splits) in host memory.
   virtual Comm& host() = 0;
   // The algorithm that runs an all-reduce of `bytes` when `requested` (never kAuto) was asked for
-  // or kAuto: the cost model's choice on host memory, NCCL's own all-reduce on devices.
+  // or kAuto: on host memory the tuner's measured choice (collective: a new size class is raced
+  // here), NCCL's own all-reduce on devices.
   virtual AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes,
                                     DataType dtype) = 0;
   // An output the engine allocates in this plane's memory.

@@ -169,7 +169,9 @@ double Engine::PredictSeconds(const std::string& algorithm, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Topology& topo = WorkerFor(0).topology();
   AllreduceAlgorithm a = ParseAllreduceAlgorithm(algorithm);
-  if (a == AllreduceAlgorithm::kAuto) a = ChooseAllreduceAlgorithm(topo, bytes, DataType::kFloat32);
+  if (a == AllreduceAlgorithm::kAuto) {
+    a = ChooseAllreduceAlgorithm(topo, bytes, DataType::kFloat32);
+  }
   return topo.cost_model.Predict(a, topo, bytes);
 }
 
