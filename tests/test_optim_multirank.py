@@ -1,0 +1,11 @@
+"""fusecomm.torch.optim on 2 and 3 ranks (tests/mp/torch_optim.py's docstring says what each
+run checks on every rank)."""
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("np_", [2, 3])
+def test_torch_optim_multirank(ranks_runner, np_):
+    out = ranks_runner("torch_optim.py", np_)
+    assert out.count(f"torch_optim OK on {np_} ranks") == np_, out[-4000:]
