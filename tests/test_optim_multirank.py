@@ -9,3 +9,9 @@ pytest.importorskip("torch")
 def test_torch_optim_multirank(ranks_runner, np_):
     out = ranks_runner("torch_optim.py", np_)
     assert out.count(f"torch_optim OK on {np_} ranks") == np_, out[-4000:]
+
+
+def test_keras_optim_two_ranks(ranks_runner):
+    pytest.importorskip("tensorflow")
+    out = ranks_runner("keras_optim.py", 2)
+    assert out.count("keras_optim OK on 2 ranks") == 2, out[-4000:]
