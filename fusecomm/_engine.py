@@ -22,8 +22,9 @@ SUPPORTED_DTYPES = ", ".join(DTYPE_CODES)
 
 # Reduce ops (csrc/common/types.h: ReduceOp); Horovod exposes them as integers too.
 Sum, Average, Min, Max, Product = 0, 1, 2, 3, 4
-Adasum = 5  # accepted as a name so scripts import; using it raises NotImplementedError
-_OP_LABELS = {Sum: "Sum", Average: "Average", Min: "Min", Max: "Max", Product: "Product"}
+Adasum = 5  # adaptive summation (csrc/collectives/adasum_allreduce.cc): allreduce, floats, host
+_OP_LABELS = {Sum: "Sum", Average: "Average", Min: "Min", Max: "Max", Product: "Product",
+              Adasum: "Adasum"}
 
 # Engine-allocated device memory of a finished collective (CUDA builds).
 DeviceBuffer = getattr(_core, "DeviceBuffer", type(None))
@@ -61,10 +62,9 @@ def resolve_op(op, average=None, default=Average):
         return Average if average else Sum
     if op is None:
         return default
-    if op == Adasum:
-        raise NotImplementedError("Adasum is not implemented in fusecomm yet; use Average or Sum")
     if op not in _OP_LABELS:
-        raise ValueError(f"unknown reduce op {op!r}; use Sum, Average, Min, Max or Product")
+        raise ValueError(f"unknown reduce op {op!r}; use Sum, Average, Min, Max, Product or "
+                         "Adasum")
     return int(op)
 
 

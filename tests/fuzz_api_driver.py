@@ -61,7 +61,7 @@ SWAPPED = [np.dtype(n).newbyteorder() for n in ("int32", "int64", "float16", "fl
                                                "float64")]
 
 OPS = {hvd.Sum: "Sum", hvd.Average: "Average", hvd.Min: "Min", hvd.Max: "Max",
-       hvd.Product: "Product"}
+       hvd.Product: "Product", hvd.Adasum: "Adasum"}
 GOOD_ALGORITHMS = {None, "auto", "", "ring", "rhd", "mpi", "native", "hierarchical",
                    "hierarchical_scatter", "torus2d"}
 LAST_INPUT = None
@@ -497,8 +497,8 @@ def combine(*verdicts):
     return None
 
 
-def op_verdict(op, average, dtype):
-    """(verdict, resolved op or None)."""
+def op_verdict(op, average, dtype, allreduce=True):
+    """(verdict, resolved op or None). Adasum: allreduce only, floating-point dtypes."""
     if op is not None and average is not None:
         return "error", None
     if average is not None:
@@ -511,13 +511,14 @@ def op_verdict(op, average, dtype):
         return "error", None
     elif isinstance(op, float) and math.isnan(op):
         return "error", None
-    elif op == hvd.Adasum:
-        return "error", None
     elif op in OPS:
         resolved = int(op)
     else:
         return "error", None
     if dtype is not None and dtype == np.bool_ and resolved == hvd.Average:
+        return "error", None
+    if resolved == hvd.Adasum and (not allreduce or (
+            dtype is not None and dtype.kind != "f" and dtype != BFLOAT16)):
         return "error", None
     return "ok", resolved
 
@@ -676,7 +677,7 @@ def fuzz_reducescatter(tensor, op, pre, post, name, ps, use_async):
     record(fn.__name__, tensor=tensor, **kwargs)
     t_verdict, ref = array_verdict(tensor, min_dims=1)
     dtype = ref.dtype if ref is not None else None
-    o_verdict, resolved = op_verdict(op_arg, None, dtype)
+    o_verdict, resolved = op_verdict(op_arg, None, dtype, allreduce=False)
     s_verdict, a, b = _scales_verdict(pre, post, dtype)
     verdict = combine(t_verdict, o_verdict, s_verdict, name_verdict(name), ps_verdict(ps))
     if ref is not None:

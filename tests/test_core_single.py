@@ -89,8 +89,11 @@ def test_bad_arguments(engine):
     x = np.ones(4)
     with pytest.raises(ValueError, match="unknown reduce op"):
         hvd.allreduce(x, op=17)
-    with pytest.raises(NotImplementedError, match="Adasum"):
-        hvd.allreduce(x, op=hvd.Adasum)
+    with pytest.raises(ValueError, match="Adasum is not defined for int32"):
+        hvd.allreduce(x.astype(np.int32), op=hvd.Adasum)
+    with pytest.raises(ValueError, match="Adasum is an allreduce op"):
+        hvd.reducescatter(x, op=hvd.Adasum)
+    np.testing.assert_array_equal(hvd.allreduce(x, op=hvd.Adasum), x)  # one rank: itself
     with pytest.raises(ValueError, match="either op= or"):
         hvd.allreduce(x, op=hvd.Sum, average=True)
     with pytest.raises(ValueError, match="unknown all-reduce algorithm 'fastest'"):

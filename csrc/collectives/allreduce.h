@@ -99,4 +99,11 @@ void Torus2DAllreduce(const Topology& topo, void* buf, size_t count, DataType dt
 AlgorithmCost Torus2DAllreduceCost(int ranks, int torus_x, int rank, size_t count,
                                    size_t elem_size);
 
+// Adasum (Maleki et al.; Horovod's op=Adasum): a binary tree of pairwise adaptive sums
+// adasum(a, b) = (1 - a.b/(2|a|^2)) a + (1 - a.b/(2|b|^2)) b, computed per tensor of the fused
+// buffer (tensor_counts elements each, back to back) by vector halving, distance doubling; any
+// rank count (see the .cc for the tree). Floating-point dtypes, host memory.
+void AdasumAllreduce(Comm& comm, void* buf, const std::vector<size_t>& tensor_counts,
+                     DataType dtype, size_t segment_bytes = kDefaultSegmentBytes);
+
 }  // namespace fusecomm

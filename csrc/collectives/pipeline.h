@@ -24,6 +24,7 @@ enum CollectiveTag : int {
   kTagUnfold = 106,
   kTagTreeReduce = 107,
   kTagTreeBroadcast = 108,
+  kTagAdasumDots = 109,
 };
 
 // A slice of a buffer that travels as one message.

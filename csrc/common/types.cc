@@ -54,6 +54,7 @@ const char* ReduceOpName(ReduceOp op) {
     case ReduceOp::kMin: return "Min";
     case ReduceOp::kMax: return "Max";
     case ReduceOp::kProduct: return "Product";
+    case ReduceOp::kAdasum: return "Adasum";
   }
   return "unknown";
 }
@@ -104,13 +105,15 @@ void CheckDataType(int32_t value) {
 }
 
 void CheckReduceOp(int32_t value) {
-  if (value < 0 || value > static_cast<int32_t>(ReduceOp::kProduct)) {
+  if (value < 0 || value > static_cast<int32_t>(ReduceOp::kAdasum)) {
     throw InvalidArgument("unknown reduce op code " + std::to_string(value));
   }
 }
 
 bool ReduceOpSupported(DataType dtype, ReduceOp op) {
-  // Average of booleans has no meaning; everything else is defined (bool sum is logical or).
+  // Average of booleans has no meaning; Adasum needs real vectors (dot products); everything
+  // else is defined (bool sum is logical or).
+  if (op == ReduceOp::kAdasum) return IsFloatingPoint(dtype);
   return !(dtype == DataType::kBool && op == ReduceOp::kAverage);
 }
 

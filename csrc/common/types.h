@@ -29,6 +29,7 @@ enum class ReduceOp : int32_t {
   kMin = 2,
   kMax = 3,
   kProduct = 4,
+  kAdasum = 5,  // an all-reduce of its own (collectives/adasum_allreduce.cc), not element-wise
 };
 
 enum class OpType : int32_t {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <exception>
 
+#include "collectives/allreduce.h"
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
@@ -85,26 +86,41 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
   MemoryOps& mem = plane.memory();
   const size_t elem = DataTypeSize(kind.dtype);
   size_t total = 0;
-  for (Request* r : group) total += ElementCount(r->spec);
-  const AllreduceAlgorithm algorithm = plane.Choose(
-      kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_ : kind.algorithm,
-      total * elem, kind.dtype);
+  std::vector<size_t> counts;
+  for (Request* r : group) counts.push_back(ElementCount(r->spec));
+  for (size_t c : counts) total += c;
+  // Adasum is an all-reduce of its own, on every member's counts (the engine admits it only for
+  // host tensors); the other ops take the requested or chosen algorithm.
+  const bool adasum = kind.reduce_op == ReduceOp::kAdasum;
+  const AllreduceAlgorithm algorithm =
+      adasum ? AllreduceAlgorithm::kAuto
+             : plane.Choose(kind.algorithm == AllreduceAlgorithm::kAuto ? default_algorithm_
+                                                                        : kind.algorithm,
+                            total * elem, kind.dtype);
+  const char* algorithm_name = adasum ? "adasum" : AllreduceAlgorithmName(algorithm);
+  auto reduce = [&](void* buf) {
+    if (adasum) {
+      AdasumAllreduce(plane.comm(), buf, counts, kind.dtype);
+    } else {
+      RunAllreduce(plane.topology(), algorithm, buf, total, kind.dtype, op);
+    }
+  };
   const std::string collective_args =
-      timeline_->active() ? std::string("{\"algorithm\":\"") + AllreduceAlgorithmName(algorithm) +
+      timeline_->active() ? std::string("{\"algorithm\":\"") + algorithm_name +
                                 "\",\"bytes\":" + std::to_string(total * elem) +
                                 ",\"tensors\":" + std::to_string(group.size()) +
                                 ",\"transport\":\"" + plane.comm().transport_name() + "\"}"
                           : std::string();
   FUSECOMM_LOG(kDebug, "allreduce of " << group.size() << " tensor(s) starting with '"
                                         << kind.name << "': " << total * elem << " bytes, "
-                                        << AllreduceAlgorithmName(algorithm) << " on "
+                                        << algorithm_name << " on "
                                         << plane.comm().transport_name());
   if (group.size() == 1) {
     // Unfused: work in the caller's output directly, no fusion-buffer copies.
     Request& r = *group[0];
     mem.ScaledCopy(r.output, r.input, total, r.spec.dtype, r.spec.prescale);
     Enter(group, "ALLREDUCE", collective_args);
-    RunAllreduce(plane.topology(), algorithm, r.output, total, r.spec.dtype, op);
+    reduce(r.output);
     mem.ScaledCopy(r.output, r.output, total, r.spec.dtype,
                    PrepareFinish(plane, r.output, total, r.spec));
     return;
@@ -122,7 +138,7 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
   }
   plane.CopyBatch(copies, kind.dtype, kind.prescale);
   Enter(group, "ALLREDUCE", collective_args);
-  RunAllreduce(plane.topology(), algorithm, buffer, total, kind.dtype, op);
+  reduce(buffer);
   Enter(group, "MEMCPY_OUT_FUSION_BUFFER");
   const double factor = PrepareFinish(plane, buffer, total, kind);
   for (size_t i = 0; i < group.size(); ++i) {

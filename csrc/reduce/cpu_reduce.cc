@@ -306,7 +306,8 @@ void ReduceNative(void* dst, const void* src, size_t n, ReduceOp op) {
     case ReduceOp::kMin:
       return Reduce<T, MinOp>(dst, src, n);
     case ReduceOp::kMax:
-      return Reduce<T, MaxOp>(dst, src, n);
+      return Reduce<T, MaxOp>(dst, src, n);    case ReduceOp::kAdasum:
+      break;  // not element-wise: collectives/adasum_allreduce.cc
   }
   throw InvalidArgument("unknown reduce op code " + std::to_string(static_cast<int>(op)));
 }
@@ -322,7 +323,8 @@ void ReduceHalfLike(void* dst, const void* src, size_t n, ReduceOp op) {
     case ReduceOp::kMin:
       return ReduceBlocked<Codec, MinOp>(dst, src, n);
     case ReduceOp::kMax:
-      return ReduceBlocked<Codec, MaxOp>(dst, src, n);
+      return ReduceBlocked<Codec, MaxOp>(dst, src, n);    case ReduceOp::kAdasum:
+      break;  // not element-wise: collectives/adasum_allreduce.cc
   }
   throw InvalidArgument("unknown reduce op code " + std::to_string(static_cast<int>(op)));
 }
@@ -336,6 +338,8 @@ void ReduceBool(void* dst, const void* src, size_t n, ReduceOp op) {
     case ReduceOp::kMin:
     case ReduceOp::kProduct:
       return Reduce<uint8_t, AndOp>(dst, src, n);
+    case ReduceOp::kAdasum:
+      break;
   }
   throw InvalidArgument("unknown reduce op code " + std::to_string(static_cast<int>(op)));
 }

@@ -61,6 +61,7 @@ MPI_Op UserOpFor(ReduceOp op) {
 }
 
 MPI_Op ToMpiOp(DataType dtype, ReduceOp op) {
+  if (op == ReduceOp::kAdasum) throw InvalidArgument("Adasum is not an MPI reduction");
   switch (dtype) {
     case DataType::kFloat16: return UserOpFor<DataType::kFloat16>(op);
     case DataType::kBFloat16: return UserOpFor<DataType::kBFloat16>(op);
@@ -73,6 +74,7 @@ MPI_Op ToMpiOp(DataType dtype, ReduceOp op) {
     case ReduceOp::kMin: return MPI_MIN;
     case ReduceOp::kMax: return MPI_MAX;
     case ReduceOp::kProduct: return MPI_PROD;
+    case ReduceOp::kAdasum: break;
   }
   throw InvalidArgument("unknown reduce op");
 }

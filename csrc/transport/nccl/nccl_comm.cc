@@ -43,6 +43,7 @@ ncclRedOp_t ToNcclOp(DataType dtype, ReduceOp op) {
     case ReduceOp::kMin: return ncclMin;
     case ReduceOp::kMax: return ncclMax;
     case ReduceOp::kProduct: return ncclProd;
+    case ReduceOp::kAdasum: break;  // not a NCCL reduction; the engine runs it on host memory
   }
   throw InvalidArgument("unknown reduce op");
 }
