@@ -2,7 +2,7 @@
 
 Change `import horovod.torch as hvd` to `import fusecomm.torch as hvd`; names, arguments,
 defaults and return values are Horovod's (v0.28). Differences: CUDA tensors need a CUDA build;
-Adasum raises NotImplementedError; horovod.torch.elastic has no counterpart yet."""
+Adasum runs on CPU tensors only; horovod.torch.elastic has no counterpart yet."""
 from fusecomm.torch.compression import Compression
 from fusecomm.torch.functions import (allgather_object, broadcast_object,
                                       broadcast_optimizer_state, broadcast_parameters)

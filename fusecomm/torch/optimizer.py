@@ -12,8 +12,9 @@ from contextlib import contextmanager
 import torch
 
 from fusecomm import _engine
-from fusecomm._engine import Average
+from fusecomm._engine import Adasum, Average
 from fusecomm.basics import global_process_set
+from fusecomm.torch import adasum_optimizer
 from fusecomm.torch.compression import Compression
 from fusecomm.torch.functions import broadcast_object
 from fusecomm.torch.mpi_ops import (allreduce_async_, grouped_allreduce_async_,
@@ -338,7 +339,13 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     groups, defaults and state."""
     if isinstance(optimizer, _DistributedOptimizer):
         raise ValueError("this optimizer is already a DistributedOptimizer")
-    op = _engine.resolve_op(op)  # Adasum: NotImplementedError with a message
+    op = _engine.resolve_op(op)
+    if op == Adasum and process_set.size() > 1:
+        # Horovod: Adasum combines each rank's own optimizer step, not the gradients.
+        if process_set != global_process_set:
+            raise NotImplementedError("Adasum does not support non-global process sets yet")
+        return adasum_optimizer.wrap(optimizer, named_parameters, compression,
+                                     backward_passes_per_step)
     if gradient_predivide_factor != 1.0 and op != Average:
         raise ValueError("gradient_predivide_factor not supported with op != Average")
     if num_groups:

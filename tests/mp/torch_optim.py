@@ -2,7 +2,8 @@
 DistributedOptimizer against one process training them on the whole batch (itself checked
 against the papers' formulas in tests/test_optim.py), and batch-size control: at every step of
 every rank the global batch (samples summed over ranks) and the rate are the plan's, gradient
-accumulation included, and the weights match one process training on the same global batches.
+accumulation included, and the weights match one process training on the same global batches;
+DistributedOptimizer(op=Adasum) against Horovod's delta scheme with a NumPy-style Adasum tree.
 
 Run: mpirun -np N python tests/mp/torch_optim.py   (N = 2, 3)"""
 import torch
@@ -125,11 +126,65 @@ def check_batch_size_control():
             f"step {k}: (global batch, lr, passes) {got}, expected {want}"
 
 
+def adasum_pair(a, b):
+    """Maleki et al.'s pairwise formula, on float64 vectors."""
+    dot, aa, bb = a @ b, a @ a, b @ b
+    return (1 - dot / (2 * aa) if aa > 0 else 1.0) * a + (1 - dot / (2 * bb) if bb > 0 else 1.0) * b
+
+
+def adasum_tree(vectors):
+    """The tree of csrc/collectives/adasum_allreduce.cc: p'+i folds into i, then neighbours."""
+    p2 = 1
+    while p2 * 2 <= len(vectors):
+        p2 *= 2
+    blocks = list(vectors[:p2])
+    for i in range(len(vectors) - p2):
+        blocks[i] = adasum_pair(blocks[i], vectors[p2 + i])
+    while len(blocks) > 1:
+        blocks = [adasum_pair(blocks[k], blocks[k + 1]) for k in range(0, len(blocks), 2)]
+    return blocks[0]
+
+
+def check_adasum_optimizer():
+    """Horovod's delta scheme: each rank steps its own optimizer (own momentum) on its shard;
+    the parameters become start + adasum(every rank's delta). Reference: one process keeping
+    N optimizers, one per rank."""
+    x, y = dataset()
+    shard = 12
+    model = make_model()[0:1]
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                   named_parameters=model.named_parameters(), op=hvd.Adasum)
+    copies = [make_model()[0:1] for _ in range(N)]
+    copy_opts = [torch.optim.SGD(c.parameters(), lr=0.1, momentum=0.9) for c in copies]
+    shared = [p.detach().clone() for p in copies[0].parameters()]
+    for step in range(4):
+        base = step * shard * N
+        rows = lambda q: slice(base + q * shard, base + (q + 1) * shard)  # noqa: E731
+        opt.zero_grad()
+        F.mse_loss(model(x[rows(R)]), y[rows(R)][:, :1].expand(-1, 16)).backward()
+        opt.step()
+        deltas = []
+        for q, (c, o) in enumerate(zip(copies, copy_opts)):
+            with torch.no_grad():
+                for p, s in zip(c.parameters(), shared):
+                    p.copy_(s)
+            o.zero_grad()
+            F.mse_loss(c(x[rows(q)]), y[rows(q)][:, :1].expand(-1, 16)).backward()
+            o.step()
+            deltas.append([p.detach() - s for p, s in zip(c.parameters(), shared)])
+        shared = [s + adasum_tree([d[i].reshape(-1) for d in deltas]).reshape(s.shape)
+                  for i, s in enumerate(shared)]
+        for i, (p, want) in enumerate(zip(model.parameters(), shared)):
+            expect_close(p.detach(), want, f"Adasum optimizer step {step} param {i}",
+                         rtol=1e-9, atol=1e-12)
+
+
 def main():
     global hvd, R, N
     hvd, R, N = setup()
     check_optimizers_under_distributed_optimizer()
     check_batch_size_control()
+    check_adasum_optimizer()
     hvd.barrier()
     print(f"[rank {R}] torch_optim OK on {N} ranks", flush=True)
     hvd.shutdown()
