@@ -56,17 +56,19 @@ def plot(runs, path, title):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    lowest = 100.0
     for config, label in LABELS.items():
         if config not in runs:
             continue
         curves = np.array([[h["test_accuracy"] for h in r["history"]] for r in runs[config]])
         epochs = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(0) * 100
+        lowest = min(lowest, float(mean[len(mean) // 2:].min()))
         ax.plot(epochs, mean, label=label, linestyle="--" if config == "small" else "-")
         ax.fill_between(epochs, curves.min(0) * 100, curves.max(0) * 100, alpha=0.12)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean over seeds; band: min-max")
-    ax.set_ylim(80, 100)
+    ax.set_ylim(min(80.0, lowest - 5.0), 100)  # the second half of every mean curve in view
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

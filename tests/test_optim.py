@@ -92,7 +92,8 @@ def test_batch_size_plan():
     assert (s0.global_batch, s0.rank_batch, s0.micro_batch, s0.backward_passes) == (64, 16, 16, 1)
     assert (s1.global_batch, s1.rank_batch, s1.micro_batch, s1.backward_passes) == (256, 64, 64, 1)
     # 256 per rank > 96: the fewest equal micro-batches that fit are 4 of 64 (3 do not divide).
-    assert (s2.global_batch, s2.rank_batch, s2.micro_batch, s2.backward_passes) == (1024, 256, 64, 4)
+    assert (s2.global_batch, s2.rank_batch, s2.micro_batch, s2.backward_passes) == \
+        (1024, 256, 64, 4)
     assert [plan.at_epoch(e).lr for e in (0, 3, 100)] == pytest.approx([0.1, 0.4, 1.6])
     assert plan.steps_in_epoch(0, 1100) == 17 and plan.steps_in_epoch(7, 1100) == 1
     warm = optim.BatchSizePlan([(0, 256)], ranks=2, base_lr=0.1, base_batch=64, warmup_epochs=2)

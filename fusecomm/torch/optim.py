@@ -89,7 +89,8 @@ class LARS(torch.optim.Optimizer):
 class LAMB(torch.optim.Optimizer):
     """Layer-wise adaptive moments (You et al. 2019, Algorithm 2), per parameter tensor, step t:
 
-        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
+        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+        m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
         u = m^ / (sqrt(v^) + eps) + weight_decay * w;   w <- w - lr * ||w|| / ||u|| * u
 
     (phi the identity; ratio 1 if a norm is 0). Excluded parameters take u = m^ / (sqrt(v^) + eps)

@@ -100,7 +100,8 @@ class LARS(_LayerwiseOptimizer):
 class LAMB(_LayerwiseOptimizer):
     """Layer-wise adaptive moments (You et al. 2019, Algorithm 2), per variable, step t:
 
-        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
+        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+        m^ = m / (1 - b1^t);  v^ = v / (1 - b2^t)
         u = m^ / (sqrt(v^) + epsilon) + wd * w;   w <- w - lr * ||w|| / ||u|| * u
 
     (phi the identity; ratio 1 if a norm is 0). Excluded variables take Adam's step, no decay."""
@@ -178,7 +179,8 @@ class RMSpropWarmup(_LayerwiseOptimizer):
         index = self._get_variable_index(variable)
         m, delta = self._square_avgs[index], self._deltas[index]
         self.assign(m, self.rho * m + (1.0 - self.rho) * ops.square(g))
-        self.assign(delta, self.momentum * delta - (a + (1.0 - a) / (ops.sqrt(m) + self.epsilon)) * g)
+        scale = a + (1.0 - a) / (ops.sqrt(m) + self.epsilon)
+        self.assign(delta, self.momentum * delta - scale * g)
         self.assign_add(variable, lr * delta)
 
 
@@ -224,7 +226,8 @@ class SlowStart(_ClosedForm):
 
     def __init__(self, base_lr, steps_per_epoch, total_epochs=None,
                  stages=schedules.SLOW_START_STAGES):
-        self.base_lr, self.steps_per_epoch, self.total_epochs = base_lr, steps_per_epoch, total_epochs
+        self.base_lr, self.steps_per_epoch = base_lr, steps_per_epoch
+        self.total_epochs = total_epochs
         self.stages = tuple(tuple(s) for s in stages)
 
     def __call__(self, step):
