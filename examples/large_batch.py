@@ -31,7 +31,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import fusecomm.torch as hvd
-from fusecomm.optim import BatchSizePlan, polynomial_decay, warmup_then_decay
+from fusecomm.optim import BatchSizePlan, warmup_then_decay
 from fusecomm.torch import optim as fopt
 
 CONFIGS = ("small", "sgd", "recipe", "lamb", "control", "adasum")
@@ -49,7 +49,11 @@ def parse_args():
     parser.add_argument("--warmup-epochs", type=int, default=4)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--json", help="append the run's summary to this file (rank 0)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not 0 <= args.warmup_epochs < args.epochs:
+        parser.error(f"--warmup-epochs ({args.warmup_epochs}) must be below --epochs "
+                     f"({args.epochs})")
+    return args
 
 
 def make_model():

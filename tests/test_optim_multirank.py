@@ -38,7 +38,7 @@ def test_large_batch_example_runs_every_configuration(tmp_path):
     cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "run", "-np", "4",
            "--liveness-timeout-seconds", "60", "--", sys.executable,
            str(root / "examples" / "large_batch.py"), "--config", "all", "--seeds", "0",
-           "--epochs", "4", "--small-batch", "16", "--scale", "4", "--json", str(out)]
+           "--epochs", "4", "--warmup-epochs", "1", "--small-batch", "16", "--scale", "4", "--json", str(out)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, env=CLEAN_ENV)
     assert proc.returncode == 0, proc.stdout[-6000:]
