@@ -153,6 +153,7 @@ T RefInt(T a, T b, ReduceOp op) {
       return static_cast<T>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
     case ReduceOp::kMin: return std::min(a, b);
     case ReduceOp::kMax: return std::max(a, b);
+    case ReduceOp::kAdasum: break;  // not element-wise (collectives/adasum_allreduce.cc)
   }
   return 0;
 }
@@ -172,6 +173,7 @@ F RefFloat(F a, F b, ReduceOp op) {
       if (std::isnan(a)) return a;
       if (std::isnan(b)) return b;
       return b > a ? b : a;
+    case ReduceOp::kAdasum: break;
   }
   return 0;
 }
