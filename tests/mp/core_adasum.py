@@ -13,30 +13,9 @@ import numpy as np
 
 import fusecomm as hvd
 from _util import numpy_dtype, run_main
+from adasum_reference import adasum_tree
 
 RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 4e-3, "bfloat16": 3e-2}
-
-
-def pair(a, b, dtype):
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    dot, aa, bb = a64 @ b64, a64 @ a64, b64 @ b64
-    ca = 1.0 - dot / (2 * aa) if aa > 0 else 1.0
-    cb = 1.0 - dot / (2 * bb) if bb > 0 else 1.0
-    return (ca * a64 + cb * b64).astype(dtype)
-
-
-def adasum_reference(vectors, dtype):
-    """vectors: one 1-D array per rank (one tensor)."""
-    p = len(vectors)
-    p2 = 1
-    while p2 * 2 <= p:
-        p2 *= 2
-    blocks = [v.astype(dtype) for v in vectors[:p2]]
-    for i in range(p - p2):
-        blocks[i] = pair(blocks[i], vectors[p2 + i].astype(dtype), dtype)
-    while len(blocks) > 1:
-        blocks = [pair(blocks[2 * k], blocks[2 * k + 1], dtype) for k in range(len(blocks) // 2)]
-    return blocks[0]
 
 
 def rank_vector(seed, rank, tensor, size, dtype_name):
@@ -68,7 +47,7 @@ def check_numpy(seed, r, n):
         for size in [1, 2, 3, 7, 8, 33, 1000, 4099]:
             mine = rank_vector(seed, r, size, size, dtype_name)
             out = hvd.allreduce(mine, op=hvd.Adasum, name=f"adasum.{dtype_name}.{size}")
-            ref = adasum_reference([rank_vector(seed, q, size, size, dtype_name)
+            ref = adasum_tree([rank_vector(seed, q, size, size, dtype_name)
                                     for q in range(n)], dt)
             assert out.dtype == dt, f"dtype {out.dtype} != {dt}"
             check(out, ref, f"{dtype_name} size {size}", dtype_name, seed)
@@ -84,7 +63,7 @@ def check_numpy(seed, r, n):
             if t == 1:
                 for q in range(1, n, 2):
                     per_rank[q][:] = 0
-            check(outs[t], adasum_reference(per_rank, dt), f"group tensor {t} ({dtype_name})",
+            check(outs[t], adasum_tree(per_rank, dt), f"group tensor {t} ({dtype_name})",
                   dtype_name, seed)
     # Orthogonal vectors add, identical vectors stay themselves (whatever the rank count).
     e = np.zeros(8, np.float64)
@@ -97,7 +76,7 @@ def check_numpy(seed, r, n):
     check(hvd.allreduce(same, op=hvd.Adasum, name="same"), same, "identical", "float64", seed)
     # Scales: prescale before the tree, postscale after (adasum is scale-equivariant).
     x = rank_vector(seed, r, 7, 50, "float64")
-    ref = adasum_reference([rank_vector(seed, q, 7, 50, "float64") for q in range(n)],
+    ref = adasum_tree([rank_vector(seed, q, 7, 50, "float64") for q in range(n)],
                            np.float64)
     out = hvd.allreduce(x, op=hvd.Adasum, prescale_factor=2.0, postscale_factor=0.25,
                         name="scaled")
@@ -106,7 +85,7 @@ def check_numpy(seed, r, n):
 
 def check_framework(framework, seed, r, n):
     x = rank_vector(seed, r, 9, 40, "float32")
-    ref = adasum_reference([rank_vector(seed, q, 9, 40, "float32") for q in range(n)],
+    ref = adasum_tree([rank_vector(seed, q, 9, 40, "float32") for q in range(n)],
                            np.float32)
     if framework == "torch":
         import torch

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from adasum_reference import adasum_tree
 from torch_util import expect_close, run_main, setup
 
 hvd, R, N = None, None, None
@@ -126,25 +127,6 @@ def check_batch_size_control():
             f"step {k}: (global batch, lr, passes) {got}, expected {want}"
 
 
-def adasum_pair(a, b):
-    """Maleki et al.'s pairwise formula, on float64 vectors."""
-    dot, aa, bb = a @ b, a @ a, b @ b
-    return (1 - dot / (2 * aa) if aa > 0 else 1.0) * a + (1 - dot / (2 * bb) if bb > 0 else 1.0) * b
-
-
-def adasum_tree(vectors):
-    """The tree of csrc/collectives/adasum_allreduce.cc: p'+i folds into i, then neighbours."""
-    p2 = 1
-    while p2 * 2 <= len(vectors):
-        p2 *= 2
-    blocks = list(vectors[:p2])
-    for i in range(len(vectors) - p2):
-        blocks[i] = adasum_pair(blocks[i], vectors[p2 + i])
-    while len(blocks) > 1:
-        blocks = [adasum_pair(blocks[k], blocks[k + 1]) for k in range(0, len(blocks), 2)]
-    return blocks[0]
-
-
 def check_adasum_optimizer():
     """Horovod's delta scheme: each rank steps its own optimizer (own momentum) on its shard;
     the parameters become start + adasum(every rank's delta). Reference: one process keeping
@@ -172,7 +154,8 @@ def check_adasum_optimizer():
             F.mse_loss(c(x[rows(q)]), y[rows(q)][:, :1].expand(-1, 16)).backward()
             o.step()
             deltas.append([p.detach() - s for p, s in zip(c.parameters(), shared)])
-        shared = [s + adasum_tree([d[i].reshape(-1) for d in deltas]).reshape(s.shape)
+        shared = [s + torch.from_numpy(adasum_tree(
+                      [d[i].reshape(-1).numpy() for d in deltas])).reshape(s.shape)
                   for i, s in enumerate(shared)]
         for i, (p, want) in enumerate(zip(model.parameters(), shared)):
             expect_close(p.detach(), want, f"Adasum optimizer step {step} param {i}",
