@@ -27,8 +27,15 @@ struct Config {
   std::string calibration_file;                     // FUSECOMM_CALIBRATION_FILE (cache)
   bool autotune = true;                             // FUSECOMM_AUTOTUNE (0: the model alone)
 
+  // Parses and checks every variable; throws InvalidArgument naming the first bad one.
   static Config FromEnvironment();
+  // The checks that need the job's shape, run at init on every rank before any rank starts
+  // work that others would wait on (rank 0 owns the calibration file). Throws InvalidArgument.
+  void ValidateForJob(int rank, int size) const;
 };
+
+// FUSECOMM_GPU_TRANSPORT: auto, nccl or mpi (read again by the device path when it starts).
+std::string GpuTransportSetting();
 
 // Parses helpers shared by the config and tests; throw InvalidArgument naming the variable.
 double EnvDouble(const char* name, double fallback);

@@ -48,8 +48,19 @@ Engine& Engine::Get() {
 void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (initialized_) return;  // like Horovod, a second init is a no-op
-  Config config = Config::FromEnvironment();
-  SetLogLevel(config.log_level);
+  // A rank that fails init must not leave the others waiting for it inside MPI: its error is
+  // kept until every rank can hear of it (AgreeOnInitErrors), and until then the watchdog
+  // bounds every wait that no error could interrupt.
+  std::string local_error;
+  Config config;
+  try {
+    config = Config::FromEnvironment();
+    SetLogLevel(config.log_level);
+  } catch (const InvalidArgument& e) {
+    local_error = e.what();
+    config = Config();
+  }
+  InitWatchdog watchdog(config.liveness_timeout_seconds);
   EnsureMpiInitialized();
   static_assert(sizeof(MPI_Comm) <= sizeof(void*), "MPI_Comm must fit in a pointer");
   MPI_Comm base = mpi_comm ? *static_cast<const MPI_Comm*>(mpi_comm) : MPI_COMM_WORLD;
@@ -61,17 +72,50 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   MPI_Comm_size(global, &size);
   MPI_Comm_rank(global, &rank);
   SetLogRank(rank);
+  // The heartbeat starts before any work a peer could die in; a beat well inside the timeout,
+  // so one late beat is no alarm.
+  const double timeout = config.liveness_timeout_seconds;
+  auto liveness = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
+  watchdog.HeartbeatStarted();
+  std::string failure;
+  try {
+    if (local_error.empty()) {
+      try {
+        config.ValidateForJob(rank, size);
+        if (!config.timeline_path.empty() && rank == 0) {
+          timeline_.Start(config.timeline_path, config.timeline_mark_cycles, rank);
+        }
+      } catch (const InvalidArgument& e) {
+        local_error = e.what();
+      }
+    }
+    failure = AgreeOnInitErrors(global, local_error);
+  } catch (...) {
+    timeline_.Stop();
+    liveness->StopSilently();
+    throw;
+  }
+  if (!failure.empty()) {
+    // Every rank fails here together, so each says goodbye and frees what it made.
+    timeline_.Stop();
+    liveness->Stop();
+    MPI_Comm_free(&global);
+    throw InvalidArgument(failure);
+  }
   std::vector<int> all(size);
   for (int r = 0; r < size; ++r) all[r] = r;
-  auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
-  if (!config.timeline_path.empty() && rank == 0) {
-    timeline_.Start(config.timeline_path, config.timeline_mark_cycles, rank);
+  std::shared_ptr<ProcessSetWorker> worker;
+  try {
+    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
+  } catch (...) {
+    // Possibly this rank alone: its silence tells the peers (see StopSilently).
+    timeline_.Stop();
+    liveness->StopSilently();
+    throw;
   }
   config_ = config;
   AsComm(global_comm_) = global;
-  // A beat well inside the timeout, so one late beat is no alarm.
-  const double timeout = config.liveness_timeout_seconds;
-  liveness_ = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
+  liveness_ = liveness;
   process_sets_.clear();
   process_sets_[0] = ProcessSet{all, worker};
   next_process_set_ = 1;

@@ -37,6 +37,11 @@ void LivenessMonitor::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void LivenessMonitor::StopSilently() {
+  say_goodbye_ = false;
+  Stop();
+}
+
 void LivenessMonitor::Declare(const std::string& reason) {
   FUSECOMM_LOG(kError, reason);
   AbortTransport(reason);
@@ -107,7 +112,7 @@ void LivenessMonitor::Loop() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  if (!TransportAborted()) {
+  if (!TransportAborted() && say_goodbye_) {
     // A clean exit: say goodbye so the peers do not take the silence for a death.
     if (rank_ == 0) {
       for (int r = 1; r < size_; ++r) send(r, kBye, 0);

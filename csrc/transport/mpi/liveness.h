@@ -21,6 +21,9 @@ class LivenessMonitor {
   ~LivenessMonitor();
   // Tells the peers this rank leaves on purpose (no alarm), then stops the thread.
   void Stop();
+  // Stops the thread without the goodbye: for a rank whose init failed alone, so peers still
+  // waiting for it in init take its silence for a failure (and name it) instead of waiting on.
+  void StopSilently();
 
  private:
   void Loop();
@@ -32,6 +35,7 @@ class LivenessMonitor {
   std::chrono::duration<double> interval_;
   std::chrono::duration<double> timeout_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> say_goodbye_{true};
   std::thread thread_;
 };
 
