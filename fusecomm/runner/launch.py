@@ -1,10 +1,12 @@
 """`fusecomm run`: starts a job with the mpirun of the MPI fusecomm was built against."""
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 from fusecomm.basics import _SETTINGS
 from fusecomm.runner import rank_wrapper
@@ -41,9 +43,19 @@ def mpi_flavour(mpirun):
     return "unknown"
 
 
+def rank_count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of ranks") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the job needs at least 1 rank (got {value})")
+    return value
+
+
 def add_arguments(parser):
-    parser.add_argument("-np", "--num-proc", dest="np", type=int, required=True,
-                        help="number of ranks")
+    parser.add_argument("-np", "--num-proc", dest="np", type=rank_count, required=True,
+                        help="number of ranks (at least 1)")
     parser.add_argument("-H", "--hosts", help="host:slots,... (default: this machine)")
     parser.add_argument("--hostfile", help="file of hosts, one 'host slots=N' per line")
     parser.add_argument("--mpi-args", default="", help="extra arguments passed to mpirun as is")
@@ -96,6 +108,49 @@ def build_command(args, mpirun, flavour, is_root):
     return cmd + wrapper + command, env_pairs
 
 
+# Printed by Open MPI 4.1's mpirun under --enable-recovery each time a rank ends abnormally: its
+# notice of the termination to the other ranks names target processes with a range PMIx 4
+# rejects (pmix_event_notification.c, PMIX_ERR_BAD_PARAM). Nothing listens for that notice in
+# fusecomm (the heartbeat finds dead ranks), so the line says nothing about the job.
+_PMIX_NOTICE_NOISE = re.compile(
+    r"^\[[^\]]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+\s*$")
+
+
+def liveness_timeout(args):
+    text = args.liveness_timeout_seconds or os.environ.get("FUSECOMM_LIVENESS_TIMEOUT_SECONDS")
+    try:
+        value = float(text) if text else 15.0
+    except ValueError:
+        return 15.0  # the ranks reject the value themselves, naming it
+    return value if value > 0 else 15.0
+
+
+def failure_grace_seconds(args):
+    """How long the other ranks may still run after one failed. Every fusecomm wait gives up
+    within the liveness timeout (init within max(timeout, 10 s)) and an exit after a failure
+    within another such period, so this is reached only when a rank is stuck outside fusecomm;
+    with --enable-recovery mpirun itself would never end the job then."""
+    return 2 * max(liveness_timeout(args), 10.0) + 30.0
+
+
+class _Failures:
+    """The ranks' failure markers. The first failure is the earliest of those not caused by
+    another rank's failure (rank_wrapper's doc says how each is known), not the first printed."""
+
+    def __init__(self):
+        self.markers = []
+
+    def add(self, line):
+        text = line.split(rank_wrapper.MARKER, 1)[1].strip()
+        when = rank_wrapper.failure_time(text)
+        secondary = rank_wrapper.caused_by(text) is not None
+        self.markers.append((secondary, when if when is not None else float("inf"),
+                             len(self.markers), text))
+
+    def first(self):
+        return min(self.markers)[3] if self.markers else None
+
+
 def run(args):
     mpirun = find_mpirun()
     flavour = mpi_flavour(mpirun)
@@ -112,18 +167,41 @@ def run(args):
     # Output passes through line by line; the wrappers' markers say how each rank ended.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
-    first_failure = None
+    failures = _Failures()
+    grace = failure_grace_seconds(args)
+
+    def stop_job():
+        if proc.poll() is not None:
+            return
+        print(f"fusecomm run: ranks still running {grace:.0f} s after a rank failed; ending the "
+              "job", file=sys.stderr, flush=True)
+        proc.terminate()  # mpirun passes SIGTERM on to the ranks, then kills them
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    backstop = threading.Timer(grace, stop_job)
+    backstop.daemon = True
     try:
         for line in proc.stdout:
+            if _PMIX_NOTICE_NOISE.match(line):
+                continue
             sys.stdout.write(line)
             sys.stdout.flush()
-            if first_failure is None and rank_wrapper.MARKER in line:
-                first_failure = line.split(rank_wrapper.MARKER, 1)[1].strip()
+            if rank_wrapper.MARKER in line:
+                failures.add(line)
+                if len(failures.markers) == 1:
+                    backstop.start()
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+    finally:
+        backstop.cancel()
+    first_failure = failures.first()
     if first_failure:
-        print(f"fusecomm run: the first rank to fail: {first_failure}", file=sys.stderr)
+        print(f"fusecomm run: the first rank to fail: {rank_wrapper.without_time(first_failure)}",
+              file=sys.stderr)
         return rank_wrapper.exit_status(first_failure) or code or 1
     return code
