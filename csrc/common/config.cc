@@ -108,10 +108,6 @@ void Config::ValidateForJob(int rank, int size) const {
                           std::to_string(size) + " ranks of the job (a torus row holds at most " +
                           "every rank)");
   }
-  if (local_size > size) {
-    throw InvalidArgument("FUSECOMM_LOCAL_SIZE=" + std::to_string(local_size) +
-                          " is larger than the " + std::to_string(size) + " ranks of the job");
-  }
   // Rank 0 reads the calibration cache and writes it after measuring: a path it could not
   // write would otherwise be ignored silently and the measurement repeated at every start.
   if (rank == 0 && calibrate && !calibration_file.empty()) {
