@@ -52,9 +52,10 @@ def test_rank_failing_before_or_in_init_ends_the_job(mode, victim, ranks, how):
         pytest.importorskip("mpi4py")
     proc, elapsed = fusecomm_run(ranks, sys.executable, SCRIPT, mode, victim)
     check_clean_failure(proc, elapsed, f"rank {victim} {how}", 1 if "code 1" in how else 137)
+    # The launcher tells the waiting ranks who failed (they cannot learn it through MPI).
     for rank in set(range(ranks)) - {victim}:
-        assert (f"[fusecomm] rank {rank}: init() gave up after {INIT_LIMIT} s waiting for the "
-                "other ranks" in proc.stdout), proc.stdout
+        assert (f"[fusecomm] rank {rank}: init() cannot complete: rank {victim} {how} (reported "
+                "by fusecomm run)" in proc.stdout), proc.stdout
 
 
 def test_init_watchdog_under_plain_mpirun():
@@ -128,8 +129,9 @@ def test_launcher_rejects_a_bad_rank_count(ranks):
 
 
 def test_launcher_ends_ranks_stuck_outside_fusecomm():
-    # Rank 0 sleeps without calling init(); rank 1 gives up in init(). mpirun --enable-recovery
-    # would let rank 0 run on: the launcher ends the job after its grace period.
+    # Rank 0 sleeps without calling init() (alive, so nobody has failed yet); rank 1 gives up in
+    # init() at its time limit. mpirun --enable-recovery would let rank 0 run on: the launcher
+    # ends the job after its grace period.
     from fusecomm.runner import launch
 
     class Args:
@@ -140,6 +142,7 @@ def test_launcher_ends_ranks_stuck_outside_fusecomm():
     proc, elapsed = fusecomm_run(2, sys.executable, SCRIPT, "never_init", 0)
     out = proc.stdout
     assert proc.returncode == 1, out
+    assert f"[fusecomm] rank 1: init() gave up after {INIT_LIMIT} s waiting for the other" in out
     assert f"ranks still running {grace:.0f} s after a rank failed; ending the job" in out, out
     assert "fusecomm run: the first rank to fail: rank 1 exited with code 1" in out, out
     assert time.monotonic() - started < INIT_LIMIT + grace + 60, out

@@ -2,8 +2,10 @@
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,10 +69,11 @@ def add_arguments(parser):
                         help="the program to run on every rank (after --)")
 
 
-def build_command(args, mpirun, flavour, is_root):
+def build_command(args, mpirun, flavour, is_root, launcher_env=None):
     cmd = [mpirun, "-np", str(args.np)]
     env_pairs = {_SETTINGS[k]: str(getattr(args, k)) for k in _SETTINGS
                  if getattr(args, k) is not None}
+    env_pairs.update(launcher_env or {})
     if flavour == "openmpi":
         # More ranks than cores is normal for tests; Open MPI refuses it unless asked.
         # --enable-recovery: when a rank dies the others are not killed at once, so each gets
@@ -139,23 +142,76 @@ class _Failures:
 
     def __init__(self):
         self.markers = []
+        self._lock = threading.Lock()  # the status service reads from its own thread
 
     def add(self, line):
         text = line.split(rank_wrapper.MARKER, 1)[1].strip()
         when = rank_wrapper.failure_time(text)
         secondary = rank_wrapper.caused_by(text) is not None
-        self.markers.append((secondary, when if when is not None else float("inf"),
-                             len(self.markers), text))
+        with self._lock:
+            self.markers.append((secondary, when if when is not None else float("inf"),
+                                 len(self.markers), text))
+            return len(self.markers)
 
     def first(self):
-        return min(self.markers)[3] if self.markers else None
+        with self._lock:
+            return min(self.markers)[3] if self.markers else None
+
+
+class _StatusService:
+    """Tells ranks which rank has failed. A rank waiting in MPI start-up for a peer cannot
+    learn through MPI that the peer died; fusecomm's init watchdog asks here each second
+    (csrc/common/launcher_status.h) and ends naming the rank. One line in, one line out:
+    the token, then "failed: <first failure>" or "none"."""
+
+    def __init__(self, failures, local_only):
+        self._failures = failures
+        self._token = secrets.token_hex(16)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A single-host job's ranks find the launcher on the loopback interface; ranks on other
+        # hosts need the host's name (and a token, since anyone can connect).
+        self._socket.bind(("127.0.0.1" if local_only else "", 0))
+        self._socket.listen(128)
+        host = "127.0.0.1" if local_only else socket.gethostname()
+        self.address = f"{host}:{self._socket.getsockname()[1]}:{self._token}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return  # closed: the job is over
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    if conn.recv(256).decode(errors="replace").strip() != self._token:
+                        continue
+                    first = self._failures.first()
+                    reply = f"failed: {rank_wrapper.without_time(first)}" if first else "none"
+                    conn.sendall((reply + "\n").encode())
+                except OSError:
+                    continue  # a rank that gave up waiting; it asks again
+
+    def close(self):
+        self._socket.close()
 
 
 def run(args):
     mpirun = find_mpirun()
     flavour = mpi_flavour(mpirun)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    cmd, env_pairs = build_command(args, mpirun, flavour, is_root)
+    failures = _Failures()
+    status = _StatusService(failures, local_only=not (args.hosts or args.hostfile))
+    try:
+        return _run_job(args, mpirun, flavour, is_root, failures, status)
+    finally:
+        status.close()
+
+
+def _run_job(args, mpirun, flavour, is_root, failures, status):
+    cmd, env_pairs = build_command(args, mpirun, flavour, is_root,
+                                   {"FUSECOMM_RUN_STATUS": status.address})
     env = dict(os.environ)
     env.update(env_pairs)
     if flavour == "openmpi":
@@ -167,7 +223,6 @@ def run(args):
     # Output passes through line by line; the wrappers' markers say how each rank ended.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
-    failures = _Failures()
     grace = failure_grace_seconds(args)
 
     def stop_job():
@@ -190,8 +245,7 @@ def run(args):
             sys.stdout.write(line)
             sys.stdout.flush()
             if rank_wrapper.MARKER in line:
-                failures.add(line)
-                if len(failures.markers) == 1:
+                if failures.add(line) == 1:
                     backstop.start()
         code = proc.wait()
     except KeyboardInterrupt:

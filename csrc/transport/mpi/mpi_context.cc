@@ -10,6 +10,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/launcher_status.h"
 #include "common/logging.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
@@ -102,6 +103,11 @@ void InitWatchdog::Loop(double limit_seconds) {
   // After the heartbeat declared a peer dead, init gets this long to throw by itself (a
   // polling wait does); a blocking MPI call never returns, so the process ends here.
   constexpr auto kGrace = std::chrono::seconds(3);
+  // Under `fusecomm run` the launcher knows at once when a rank has failed; asking it this
+  // often ends a start-up that waits for a dead rank in about a second, naming that rank.
+  constexpr auto kAskEvery = std::chrono::seconds(1);
+  const bool can_ask = LauncherStatusAvailable();
+  auto next_ask = Clock::now() + kAskEvery;
   Clock::time_point aborted_at{};
   std::unique_lock<std::mutex> lock(mutex_);
   while (!done_) {
@@ -113,7 +119,21 @@ void InitWatchdog::Loop(double limit_seconds) {
       if (now - aborted_at >= kGrace) {
         EndInit("init() cannot complete: " + TransportAbortReason());
       }
-    } else if (!heartbeat_ && now >= deadline) {
+      continue;
+    }
+    if (heartbeat_) continue;  // from here the heartbeat names a dead peer
+    if (can_ask && now >= next_ask) {
+      lock.unlock();  // the question may take a second; HeartbeatStarted() must not wait
+      const std::string failed = LauncherReportedFailure();
+      lock.lock();
+      next_ask = Clock::now() + kAskEvery;
+      if (!failed.empty() && !done_ && !heartbeat_) {
+        EndInit("init() cannot complete: " + failed +
+                " (reported by fusecomm run) while this rank waited for every rank in MPI "
+                "start-up");
+      }
+    }
+    if (now >= deadline) {
       char seconds[32];
       std::snprintf(seconds, sizeof(seconds), "%.0f", limit_seconds);
       EndInit(std::string("init() gave up after ") + seconds +
