@@ -27,9 +27,10 @@ std::string MpiLibraryVersion();
 // Bounds init(). MPI_Init and the first communicator duplications wait inside MPI for every
 // rank, where no error can reach them: a rank that never calls init(), or dies before the
 // heartbeat runs, would hold the others there forever. Until HeartbeatStarted(), the watchdog
-// ends the process after max(timeout, kMinInitWaitSeconds); after it, a rank is only given up
-// when the heartbeat declares a peer dead (init then ends the process itself if it cannot
-// throw within a grace period). The message names the rank when the heartbeat knows it.
+// ends the process after max(timeout, kMinInitWaitSeconds), or as soon as `fusecomm run`
+// reports a failed rank (launcher_status.h), naming it; after it, a rank is only given up when
+// the heartbeat declares a peer dead (the process ends if init cannot throw within a grace
+// period, naming that peer).
 // timeout_seconds <= 0 (liveness off) disables the watchdog. Destruction disarms it.
 class InitWatchdog {
  public:
