@@ -18,8 +18,7 @@ struct Address {
   std::string host, port, token;
 };
 
-bool ParseStatusVariable(Address* out) {
-  const std::string spec = EnvString("FUSECOMM_RUN_STATUS", "");
+bool ParseAddress(const std::string& spec, Address* out) {
   const size_t token_colon = spec.rfind(':');
   if (token_colon == std::string::npos || token_colon == 0) return false;
   const size_t port_colon = spec.rfind(':', token_colon - 1);
@@ -65,14 +64,11 @@ int Connect(const Address& address) {
 }
 }  // namespace
 
-bool LauncherStatusAvailable() {
-  Address address;
-  return ParseStatusVariable(&address);
-}
+std::string LauncherStatusAddress() { return EnvString("FUSECOMM_RUN_STATUS", ""); }
 
-std::string LauncherReportedFailure() {
+std::string LauncherReportedFailure(const std::string& spec) {
   Address address;
-  if (!ParseStatusVariable(&address)) return "";
+  if (!ParseAddress(spec, &address)) return "";
   const int fd = Connect(address);
   if (fd < 0) return "";
   const std::string request = address.token + "\n";

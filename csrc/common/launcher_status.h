@@ -6,13 +6,14 @@
 
 namespace fusecomm {
 
-// The launcher's account of the first rank that failed ("rank 2 exited with code 1"), or ""
-// when none has, when not run by `fusecomm run`, or when the launcher does not answer within
-// about a second. Asks the launcher's status service named by FUSECOMM_RUN_STATUS
-// (host:port:token, set by fusecomm/runner/launch.py).
-std::string LauncherReportedFailure();
+// FUSECOMM_RUN_STATUS (host:port:token, set by fusecomm/runner/launch.py), or "" when not run
+// by `fusecomm run`. Read it before starting threads that need it: MPI_Init sets variables, and
+// reading the environment while another thread writes it is not safe.
+std::string LauncherStatusAddress();
 
-// Whether FUSECOMM_RUN_STATUS names a status service to ask.
-bool LauncherStatusAvailable();
+// The launcher's account of the first rank that failed ("rank 2 exited with code 1"), or ""
+// when none has, when `address` is empty, or when the launcher does not answer within about a
+// second.
+std::string LauncherReportedFailure(const std::string& address);
 
 }  // namespace fusecomm

@@ -68,8 +68,8 @@ std::string LauncherRank() {
   return "?";
 }
 
-[[noreturn]] void EndInit(const std::string& message) {
-  std::fprintf(stderr, "[fusecomm] rank %s: %s\n", LauncherRank().c_str(), message.c_str());
+[[noreturn]] void EndInit(const std::string& rank, const std::string& message) {
+  std::fprintf(stderr, "[fusecomm] rank %s: %s\n", rank.c_str(), message.c_str());
   std::fflush(stderr);
   std::_Exit(InitWatchdog::kExitStatus);
 }
@@ -79,7 +79,10 @@ std::string LauncherRank() {
 InitWatchdog::InitWatchdog(double timeout_seconds) {
   if (timeout_seconds <= 0) return;
   const double limit = std::max(timeout_seconds, kMinInitWaitSeconds);
-  thread_ = std::thread([this, limit] { Loop(limit); });
+  // The environment is read here, before MPI_Init writes to it from this thread.
+  thread_ = std::thread([this, limit, rank = LauncherRank(), launcher = LauncherStatusAddress()] {
+    Loop(limit, rank, launcher);
+  });
 }
 
 InitWatchdog::~InitWatchdog() {
@@ -96,7 +99,8 @@ void InitWatchdog::HeartbeatStarted() {
   heartbeat_ = true;
 }
 
-void InitWatchdog::Loop(double limit_seconds) {
+void InitWatchdog::Loop(double limit_seconds, const std::string& rank,
+                        const std::string& launcher) {
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(limit_seconds));
@@ -106,7 +110,6 @@ void InitWatchdog::Loop(double limit_seconds) {
   // Under `fusecomm run` the launcher knows at once when a rank has failed; asking it this
   // often ends a start-up that waits for a dead rank in about a second, naming that rank.
   constexpr auto kAskEvery = std::chrono::seconds(1);
-  const bool can_ask = LauncherStatusAvailable();
   auto next_ask = Clock::now() + kAskEvery;
   Clock::time_point aborted_at{};
   std::unique_lock<std::mutex> lock(mutex_);
@@ -117,18 +120,18 @@ void InitWatchdog::Loop(double limit_seconds) {
     if (TransportAborted()) {
       if (aborted_at == Clock::time_point{}) aborted_at = now;
       if (now - aborted_at >= kGrace) {
-        EndInit("init() cannot complete: " + TransportAbortReason());
+        EndInit(rank, "init() cannot complete: " + TransportAbortReason());
       }
       continue;
     }
     if (heartbeat_) continue;  // from here the heartbeat names a dead peer
-    if (can_ask && now >= next_ask) {
+    if (!launcher.empty() && now >= next_ask) {
       lock.unlock();  // the question may take a second; HeartbeatStarted() must not wait
-      const std::string failed = LauncherReportedFailure();
+      const std::string failed = LauncherReportedFailure(launcher);
       lock.lock();
       next_ask = Clock::now() + kAskEvery;
       if (!failed.empty() && !done_ && !heartbeat_) {
-        EndInit("init() cannot complete: " + failed +
+        EndInit(rank, "init() cannot complete: " + failed +
                 " (reported by fusecomm run) while this rank waited for every rank in MPI "
                 "start-up");
       }
@@ -136,7 +139,7 @@ void InitWatchdog::Loop(double limit_seconds) {
     if (now >= deadline) {
       char seconds[32];
       std::snprintf(seconds, sizeof(seconds), "%.0f", limit_seconds);
-      EndInit(std::string("init() gave up after ") + seconds +
+      EndInit(rank, std::string("init() gave up after ") + seconds +
               " s waiting for the other ranks: MPI start-up needs every rank, and at least one "
               "never arrived (it exited or was killed before or during init(), or has not "
               "called init()). If ranks legitimately reach init() this far apart, raise "

@@ -45,7 +45,7 @@ class InitWatchdog {
   void HeartbeatStarted();
 
  private:
-  void Loop(double limit_seconds);
+  void Loop(double limit_seconds, const std::string& rank, const std::string& launcher);
 
   std::mutex mutex_;
   std::condition_variable wake_;
