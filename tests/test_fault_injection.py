@@ -3,6 +3,7 @@ init() errors that concern one rank or one setting, a program that cannot start,
 `fusecomm run` names. Every case must end on every rank with a message naming the cause, and the
 launcher must exit non-zero naming the rank that failed first. Each run is bounded by a timeout:
 a hang fails the test (docs/faults.md describes each case and how long it takes)."""
+import os
 import subprocess
 import sys
 import time
@@ -56,6 +57,19 @@ def test_rank_failing_before_or_in_init_ends_the_job(mode, victim, ranks, how):
     for rank in set(range(ranks)) - {victim}:
         assert (f"[fusecomm] rank {rank}: init() cannot complete: rank {victim} {how} (reported "
                 "by fusecomm run)" in proc.stdout), proc.stdout
+
+
+def test_rank_killed_after_the_heartbeat_started_in_init(tmp_path):
+    # Rank 0 blocks in init() opening a FIFO as its calibration file (not in MPI: nothing but
+    # the watchdog can end it); rank 2 waits for rank 0's broadcast; rank 1 is killed.
+    fifo = tmp_path / "calibration.fifo"
+    os.mkfifo(fifo)
+    proc, elapsed = fusecomm_run(3, sys.executable, SCRIPT, "kill_in_calibration", 1,
+                                 env={"FUSECOMM_CALIBRATION_FILE": str(fifo)})
+    check_clean_failure(proc, elapsed, "rank 1 was killed by signal 9 (SIGKILL)", 137)
+    out = proc.stdout
+    assert "[fusecomm] rank 0: init() cannot complete: rank 1 stopped responding" in out, out
+    assert "rank 2: INIT RAISED CollectiveError: rank 1 stopped responding" in out, out
 
 
 def test_init_watchdog_under_plain_mpirun():

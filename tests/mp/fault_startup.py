@@ -7,6 +7,11 @@ Modes where the victim never finishes init() (the others wait in MPI start-up fo
   kill_in_comm_dup   MPI is up (mpi4py); the victim is SIGKILLed while the others duplicate
                      their communicator in init()
   never_init         the victim sleeps instead of calling init() (plain mpirun)
+  kill_in_calibration
+                     every rank is past the heartbeat's start, rank 0 is held inside init()
+                     (FUSECOMM_CALIBRATION_FILE is a FIFO nobody writes), the victim is
+                     SIGKILLed 5 s after it called init(); each survivor whose init() raises
+                     prints "INIT RAISED <type>: <message>" and exits 3
 Modes where init() must raise on every rank (an error that concerns one rank or a setting):
   init_error         the environment sets something init() rejects (or the third argument,
                      NAME=VALUE, is set on the victim only); each rank prints
@@ -55,7 +60,9 @@ def main():
             sys.exit(0)
     elif MODE == "kill_in_mpi_init":
         time.sleep(5.0)
-    if MODE == "init_error":
+    if RANK == VICTIM and MODE == "kill_in_calibration":
+        kill_self_after(5.0)
+    if MODE in ("init_error", "kill_in_calibration"):
         if RANK == VICTIM and len(sys.argv) > 3:
             name, value = sys.argv[3].split("=", 1)
             os.environ[name] = value
