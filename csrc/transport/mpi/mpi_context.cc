@@ -111,13 +111,16 @@ void InitWatchdog::Loop(double limit_seconds, const std::string& rank,
   // often ends a start-up that waits for a dead rank in about a second, naming that rank.
   constexpr auto kAskEvery = std::chrono::seconds(1);
   auto next_ask = Clock::now() + kAskEvery;
+  // Only a peer that dies during this init counts (a failed earlier run leaves the flag set,
+  // and init then raises by itself).
+  const bool aborted_before = TransportAborted();
   Clock::time_point aborted_at{};
   std::unique_lock<std::mutex> lock(mutex_);
   while (!done_) {
     wake_.wait_for(lock, std::chrono::milliseconds(50));
     if (done_) break;
     const auto now = Clock::now();
-    if (TransportAborted()) {
+    if (!aborted_before && TransportAborted()) {
       if (aborted_at == Clock::time_point{}) aborted_at = now;
       if (now - aborted_at >= kGrace) {
         EndInit(rank, "init() cannot complete: " + TransportAbortReason());
