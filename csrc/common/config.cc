@@ -93,6 +93,9 @@ Config Config::FromEnvironment() {
   c.liveness_timeout_seconds = CheckSeconds(
       "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
       EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds), kDay);
+  c.init_timeout_seconds = CheckSeconds(
+      "FUSECOMM_INIT_TIMEOUT_SECONDS",
+      EnvDouble("FUSECOMM_INIT_TIMEOUT_SECONDS", c.init_timeout_seconds), kDay);
   c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
   c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;

@@ -60,7 +60,7 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
     local_error = e.what();
     config = Config();
   }
-  InitWatchdog watchdog(config.liveness_timeout_seconds);
+  InitWatchdog watchdog(config.liveness_timeout_seconds, config.init_timeout_seconds);
   EnsureMpiInitialized();
   static_assert(sizeof(MPI_Comm) <= sizeof(void*), "MPI_Comm must fit in a pointer");
   MPI_Comm base = mpi_comm ? *static_cast<const MPI_Comm*>(mpi_comm) : MPI_COMM_WORLD;

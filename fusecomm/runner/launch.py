@@ -119,21 +119,26 @@ _PMIX_NOTICE_NOISE = re.compile(
     r"^\[[^\]]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+\s*$")
 
 
-def liveness_timeout(args):
-    text = args.liveness_timeout_seconds or os.environ.get("FUSECOMM_LIVENESS_TIMEOUT_SECONDS")
+def _seconds_setting(args, key, default):
+    """A rank setting in seconds as the ranks will see it (flag, else environment); the
+    default where unset, off (0) or unreadable (the ranks reject a bad value themselves)."""
+    text = getattr(args, key) or os.environ.get(_SETTINGS[key])
     try:
-        value = float(text) if text else 15.0
+        value = float(text) if text else default
     except ValueError:
-        return 15.0  # the ranks reject the value themselves, naming it
-    return value if value > 0 else 15.0
+        return default
+    return value if value > 0 else default
 
 
 def failure_grace_seconds(args):
     """How long the other ranks may still run after one failed. Every fusecomm wait gives up
-    within the liveness timeout (init within max(timeout, 10 s)) and an exit after a failure
-    within another such period, so this is reached only when a rank is stuck outside fusecomm;
-    with --enable-recovery mpirun itself would never end the job then."""
-    return 2 * max(liveness_timeout(args), 10.0) + 30.0
+    within the liveness timeout (a rank waiting in init() for one that never comes, within the
+    init timeout) and an exit after a failure within another such period, so this is reached
+    only when a rank is stuck outside fusecomm; with --enable-recovery mpirun itself would never
+    end the job then."""
+    waits = max(_seconds_setting(args, "liveness_timeout_seconds", 15.0),
+                _seconds_setting(args, "init_timeout_seconds", 60.0))
+    return 2 * waits + 30.0
 
 
 class _Failures:

@@ -76,9 +76,9 @@ std::string LauncherRank() {
 
 }  // namespace
 
-InitWatchdog::InitWatchdog(double timeout_seconds) {
-  if (timeout_seconds <= 0) return;
-  const double limit = std::max(timeout_seconds, kMinInitWaitSeconds);
+InitWatchdog::InitWatchdog(double liveness_timeout_seconds, double init_timeout_seconds) {
+  if (liveness_timeout_seconds <= 0) return;
+  const double limit = init_timeout_seconds;
   // The environment is read here, before MPI_Init writes to it from this thread.
   thread_ = std::thread([this, limit, rank = LauncherRank(), launcher = LauncherStatusAddress()] {
     Loop(limit, rank, launcher);
@@ -139,14 +139,14 @@ void InitWatchdog::Loop(double limit_seconds, const std::string& rank,
                 "start-up");
       }
     }
-    if (now >= deadline) {
+    if (limit_seconds > 0 && now >= deadline) {
       char seconds[32];
       std::snprintf(seconds, sizeof(seconds), "%.0f", limit_seconds);
       EndInit(rank, std::string("init() gave up after ") + seconds +
               " s waiting for the other ranks: MPI start-up needs every rank, and at least one "
               "never arrived (it exited or was killed before or during init(), or has not "
               "called init()). If ranks legitimately reach init() this far apart, raise "
-              "FUSECOMM_LIVENESS_TIMEOUT_SECONDS (0 disables this limit)");
+              "FUSECOMM_INIT_TIMEOUT_SECONDS (0 disables this limit)");
     }
   }
 }

@@ -27,18 +27,17 @@ std::string MpiLibraryVersion();
 // Bounds init(). MPI_Init and the first communicator duplications wait inside MPI for every
 // rank, where no error can reach them: a rank that never calls init(), or dies before the
 // heartbeat runs, would hold the others there forever. Until HeartbeatStarted(), the watchdog
-// ends the process after max(timeout, kMinInitWaitSeconds), or as soon as `fusecomm run`
-// reports a failed rank (launcher_status.h), naming it; after it, a rank is only given up when
-// the heartbeat declares a peer dead (the process ends if init cannot throw within a grace
-// period, naming that peer).
-// timeout_seconds <= 0 (liveness off) disables the watchdog. Destruction disarms it.
+// ends the process as soon as `fusecomm run` reports a failed rank (launcher_status.h), naming
+// it, or after init_timeout_seconds (<= 0: no time limit); after it, a rank is only given up
+// when the heartbeat declares a peer dead (the process ends if init cannot throw within a
+// grace period, naming that peer).
+// liveness_timeout_seconds <= 0 (liveness off) disables the watchdog. Destruction disarms it.
 class InitWatchdog {
  public:
-  static constexpr double kMinInitWaitSeconds = 10.0;
   // Exit status of a process the watchdog ends.
   static constexpr int kExitStatus = 1;
 
-  explicit InitWatchdog(double timeout_seconds);
+  InitWatchdog(double liveness_timeout_seconds, double init_timeout_seconds);
   ~InitWatchdog();
   InitWatchdog(const InitWatchdog&) = delete;
   InitWatchdog& operator=(const InitWatchdog&) = delete;
