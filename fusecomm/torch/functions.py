@@ -97,7 +97,23 @@ def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_s
             tensors.append((f"optimizer_state.{pid}.{key}", tensor))
     broadcast_parameters(tensors, root_rank, process_set=process_set)
     if not is_root:
-        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+        _install(optimizer, params, state, layout["param_groups"])
+
+
+def _install(optimizer, params, state, param_groups):
+    """Makes `state` and the groups' options the optimizer's own, as they are: unlike
+    load_state_dict, which would cast every state tensor to its parameter's dtype (an int16
+    counter would become a float on these ranks and stay int16 on the root)."""
+    if len(param_groups) != len(optimizer.param_groups):
+        raise ValueError(f"the root's optimizer has {len(param_groups)} parameter groups, this "
+                         f"rank's {len(optimizer.param_groups)}")
+    for group, root_group in zip(optimizer.param_groups, param_groups):
+        group.update({key: value for key, value in root_group.items() if key != "params"})
+    for pid, p in enumerate(params):
+        if pid in state:
+            optimizer.state[p] = state[pid]
+        else:
+            optimizer.state.pop(p, None)
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
