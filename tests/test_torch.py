@@ -245,6 +245,8 @@ def test_unsupported_dtypes_name_the_supported_ones(dtype):
             fn(x)
     with pytest.raises(TypeError, match=str(dtype)):
         hvd.grouped_allreduce([torch.zeros(2), x])
+    with pytest.raises(ValueError, match=str(dtype)):  # what Horovod raises
+        hvd.allreduce(x)
 
 
 def test_bad_input():

@@ -40,11 +40,7 @@ _SUPPORTED_DTYPES = ", ".join(str(d) for d in _DTYPE_NAMES)
 # ---- Validation and submission -----------------------------------------------------------------
 
 def _dtype_code(dtype):
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        raise TypeError(f"fusecomm does not support tensors of dtype {dtype}; "
-                        f"supported: {_SUPPORTED_DTYPES}")
-    return _engine.dtype_code(name)
+    return _engine.dtype_code(_DTYPE_NAMES.get(dtype), shown=(dtype, _SUPPORTED_DTYPES))
 
 
 def _device_index(tensor):
