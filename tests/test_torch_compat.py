@@ -73,6 +73,17 @@ def test_run_returns_every_ranks_result_in_rank_order(np_):
                     for r in range({np_})]
         assert results == expected, (results, expected)
         assert fusecomm.run(lambda: 7, np={np_}, timeout=300) == [7] * {np_}
+        import os, tempfile
+        log = os.path.join(tempfile.mkdtemp(), "out.txt")
+
+        def greet():
+            print("hello from a rank")
+            return os.environ["FUSECOMM_CYCLE_TIME_MS"]
+
+        seen = fusecomm.run(greet, num_proc={np_}, settings={{"cycle_time_ms": 3}},
+                            output_filename=log, timeout=300)
+        assert seen == ["3"] * {np_}, seen
+        assert open(log).read().count("hello from a rank") == {np_}, open(log).read()
         print("DRIVER OK")
     """)
     assert "DRIVER OK" in out, out[-4000:]
