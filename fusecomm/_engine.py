@@ -46,10 +46,20 @@ _handles = {}  # handle id -> (objects kept alive, finisher(result tuple) -> val
 _name_counters = {}
 
 
-def dtype_code(dtype_name):
+class UnsupportedDtypeError(TypeError, ValueError):
+    """A tensor of a dtype the engine has no code for. Both a TypeError (fusecomm's own
+    convention) and a ValueError (what Horovod raises: 'Tensor type ... is not supported'), so
+    that either `except` keeps working."""
+
+
+def dtype_code(dtype_name, shown=None):
+    """The engine's code for a dtype name; `shown` is how the caller's framework spells the
+    dtype and the supported ones, for the message."""
     code = DTYPE_CODES.get(str(dtype_name))
     if code is None:
-        raise TypeError(f"fusecomm does not support dtype {dtype_name}; supported: {SUPPORTED_DTYPES}")
+        what, supported = shown or (dtype_name, SUPPORTED_DTYPES)
+        raise UnsupportedDtypeError(f"fusecomm does not support dtype {what}; "
+                                    f"supported: {supported}")
     return code
 
 

@@ -16,6 +16,7 @@ constexpr uint64_t kFlagShutdown = 2;    // some rank asked to shut down
 constexpr uint64_t kFlagStallWarning = 4;   // some request waited past the warning time
 constexpr uint64_t kFlagStallShutdown = 8;  // ... past the shutdown time
 constexpr uint64_t kFlagNotJoined = 16;      // some rank has not called join()
+constexpr uint64_t kFlagPending = 32;        // some rank has requests that have not run yet
 // The coordinator learns that a rank joined from this marker in its report.
 const char* const kJoinMarker = "\x01join";
 
@@ -136,8 +137,9 @@ Response Controller::Validate(const std::vector<TensorSpec>& per_rank,
       else it->second.push_back(static_cast<int>(q));
     }
     std::ostringstream msg;
-    msg << "Mismatched " << OpTypeName(per_rank[0].op_type) << " " << field << " for tensor '"
-        << per_rank[0].name << "': ";
+    // `spec`, not per_rank[0]: rank 0 may have joined and reported nothing.
+    msg << "Mismatched " << OpTypeName(spec.op_type) << " " << field << " for tensor '"
+        << spec.name << "': ";
     for (size_t g = 0; g < groups.size(); ++g) {
       msg << (g ? "; " : "") << RankList(groups[g].second) << " sent " << groups[g].first;
     }
@@ -212,6 +214,7 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   std::vector<uint64_t> bits(1 + 2 * words, 0);
   std::fill(bits.begin() + invalid_at, bits.end(), ~uint64_t{0});
   uint64_t flags = (shutdown_requested ? kFlagShutdown : 0) | StallFlags(pending);
+  if (!pending.empty()) flags |= kFlagPending;
   ++cycle_;
   if (joined_) {
     // A joined rank would run anything: it marks every cached position ready, and reports its
@@ -240,8 +243,14 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   const uint64_t any_flags = ~bits[0];
 
   CycleResult result;
-  if (!(any_flags & kFlagNotJoined)) {
-    // Everyone has joined: nothing is left to run. The last to join is the latest cycle's
+  // Every rank has joined, but some still hold requests submitted before their join() (an
+  // allreduce_async just before join()): those run first, or join() would return and leave
+  // them stranded. They go through the coordinator, which completes a name once every rank
+  // that has not reported it has joined; the cache's ready bits cannot decide here, since
+  // joined ranks mark every position ready.
+  const bool draining = !(any_flags & kFlagNotJoined) && (any_flags & kFlagPending);
+  if (!(any_flags & kFlagNotJoined) && !draining) {
+    // Everyone has joined and nothing is left to run. The last to join is the latest cycle's
     // highest rank (AllreduceMin of the negated key).
     int64_t key = static_cast<int64_t>(join_cycle_) * size() + rank();
     int64_t last = -channel_->AllreduceMin(-key);
@@ -255,7 +264,7 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     bool invalid = !TestBit(bits, invalid_at, p);
     if (invalid) {
       cache_.Erase(static_cast<int>(p));
-    } else if (TestBit(bits, ready_at, p)) {
+    } else if (!draining && TestBit(bits, ready_at, p)) {
       cache_.Touch(static_cast<int>(p));
       result.responses.push_back(cache_.At(static_cast<int>(p)));
     }
@@ -281,10 +290,11 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     }
     if (rank() == 0) FUSECOMM_LOG(kWarning, report);
   }
-  if (any_flags & kFlagUnreported) {
+  if ((any_flags & kFlagUnreported) || draining) {
     std::vector<std::pair<uint64_t, TensorSpec>> fresh;
     for (auto& [name, entry] : pending) {
-      if (entry.state == PendingState::kUnreported) {
+      if (entry.state == PendingState::kUnreported ||
+          (draining && entry.state == PendingState::kCached)) {
         fresh.emplace_back(entry.sequence, entry.request.spec);
         entry.state = PendingState::kReported;
       }
