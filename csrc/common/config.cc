@@ -81,6 +81,8 @@ Config Config::FromEnvironment() {
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;
   c.autotune = EnvInt("FUSECOMM_AUTOTUNE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
+  c.deadlock_seconds = CheckSeconds(
+      "FUSECOMM_DEADLOCK_SECONDS", EnvDouble("FUSECOMM_DEADLOCK_SECONDS", c.deadlock_seconds), kDay);
   return c;
 }
 

@@ -8,9 +8,11 @@
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "engine/settings_agreement.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_context.h"
+#include "transport/mpi/mpi_control.h"
 #include "transport/mpi/mpi_wait.h"
 #if FUSECOMM_WITH_CUDA
 #include "engine/device_executor.h"
@@ -61,6 +63,16 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   MPI_Comm_size(global, &size);
   MPI_Comm_rank(global, &rank);
   SetLogRank(rank);
+  try {
+    // Before anything collective that depends on the settings (calibration, the worker).
+    MPI_Comm agreement_comm;
+    CheckMpi(MPI_Comm_dup(global, &agreement_comm), "MPI_Comm_dup");
+    MpiControlChannel agreement(agreement_comm);
+    AgreeOnSettings(agreement, config);
+  } catch (...) {
+    MPI_Comm_free(&global);
+    throw;
+  }
   std::vector<int> all(size);
   for (int r = 0; r < size; ++r) all[r] = r;
   auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
@@ -355,6 +367,22 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
   }
 }
 
+void Engine::ReportRejected(ProcessSetWorker& worker, const TensorSpec& spec,
+                            const std::string& error) {
+  // Without a usable name the peers cannot tell which of their requests it concerns.
+  if (spec.op_type == OpType::kJoin || spec.name.empty() || spec.name[0] == '\x01') return;
+  Request marker;
+  marker.spec = spec;
+  marker.spec.argument_error = error;
+  marker.spec.shape.clear();  // may be what was wrong; the coordinator only needs the name
+  marker.handle = std::make_shared<HandleState>();  // nobody waits: this rank raised already
+  try {
+    worker.Submit(std::move(marker));
+  } catch (const std::exception&) {
+    // The name is in flight already or the engine stopped: the caller's error stands alone.
+  }
+}
+
 int64_t Engine::Submit(int process_set, Request request) {
   std::shared_ptr<ProcessSetWorker> worker;
   int64_t id;
@@ -362,7 +390,12 @@ int64_t Engine::Submit(int process_set, Request request) {
     std::lock_guard<std::mutex> lock(mutex_);
     WorkerFor(process_set);
     worker = process_sets_[process_set].worker;
-    Validate(*worker, request);
+    try {
+      Validate(*worker, request);
+    } catch (const InvalidArgument& e) {
+      ReportRejected(*worker, request.spec, e.what());
+      throw;
+    }
 #if FUSECOMM_WITH_CUDA
     if (request.spec.device >= 0 && request.spec.num_elements() > 0) {
       // Ordered after everything the caller queued on its stream before submitting.
@@ -372,6 +405,7 @@ int64_t Engine::Submit(int process_set, Request request) {
 #endif
     id = next_handle_++;
     request.handle = std::make_shared<HandleState>();
+    request.handle->waiters = worker->wait_counter();
     handles_[id] = request.handle;
   }
   try {
