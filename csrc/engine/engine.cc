@@ -369,8 +369,12 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
 
 void Engine::ReportRejected(ProcessSetWorker& worker, const TensorSpec& spec,
                             const std::string& error) {
-  // Without a usable name the peers cannot tell which of their requests it concerns.
-  if (spec.op_type == OpType::kJoin || spec.name.empty() || spec.name[0] == '\x01') return;
+  // Without a usable name the peers cannot tell which of their requests it concerns; alone,
+  // there are no peers (and the name stays free for an immediate retry).
+  if (worker.size() == 1 || spec.op_type == OpType::kJoin || spec.name.empty() ||
+      spec.name[0] == '\x01') {
+    return;
+  }
   Request marker;
   marker.spec = spec;
   marker.spec.argument_error = error;
