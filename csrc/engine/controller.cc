@@ -74,10 +74,12 @@ void Controller::WarnSlowNegotiation(double waited, const std::string& suspects)
   msg << "stalled negotiation: this rank has waited " << static_cast<int>(waited)
       << " s for the other ranks' engines; ";
   if (suspects.empty()) {
-    msg << "every heartbeat is current, so some rank's engine thread is busy elsewhere (a long "
-           "collective in another process set?)";
+    msg << "no heartbeat has stopped (unless FUSECOMM_LIVENESS_TIMEOUT_SECONDS=0 turned them "
+           "off), so some rank's engine thread is busy elsewhere (a long collective in another "
+           "process set?) or hung";
   } else {
-    msg << suspects << ": that process is frozen (e.g. SIGSTOP) or hung, and submits nothing";
+    msg << suspects << ": that process is frozen (e.g. SIGSTOP), hung or dead, and submits "
+           "nothing";
   }
   if (negotiating_ && !negotiating_->empty()) {
     msg << "; waiting here:";
