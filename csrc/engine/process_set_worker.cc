@@ -51,9 +51,15 @@ void ProcessSetWorker::Submit(Request request) {
     }
     const std::string& name = request.spec.name;
     if (!in_flight_.insert(name).second) {
+      if (rejected_.count(name)) {
+        throw InvalidArgument("a collective named '" + name + "' was rejected on this rank and "
+                              "stays in flight until the other ranks submit '" + name +
+                              "' (so that they fail too, not stall); use another name");
+      }
       throw InvalidArgument("a collective named '" + name +
                             "' is already in flight on this rank; wait for it or use another name");
     }
+    if (!request.spec.argument_error.empty()) rejected_.insert(name);
     (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
     if (group_depth_ > 0) return;
   }
@@ -79,6 +85,7 @@ void ProcessSetWorker::EndGroup() {
 void ProcessSetWorker::ReleaseName(const std::string& name) {
   std::lock_guard<std::mutex> lock(mutex_);
   in_flight_.erase(name);
+  rejected_.erase(name);
 }
 
 void ProcessSetWorker::Shutdown(bool at_exit) {

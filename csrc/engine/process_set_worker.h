@@ -70,6 +70,7 @@ class ProcessSetWorker {
   std::vector<Request> held_;  // submitted inside a group, not yet queued
   int group_depth_ = 0;
   std::unordered_set<std::string> in_flight_;
+  std::unordered_set<std::string> rejected_;  // in flight as a rejected request's marker
   std::string stop_reason_;
   int shutdown_requested_ = 0;  // 0 no, 1 shutdown(), 2 the process is exiting
   std::atomic<bool> stopped_{false};

@@ -1,7 +1,8 @@
 """An argument error on one rank only: that rank raises ValueError at once, and the ranks that
 submitted the same collective correctly get a CollectiveError naming it and the problem within
 seconds instead of stalling. Covered: alltoall splits (a new name, and a name already in the
-response cache), a broadcast root out of range, and the engine keeps working afterwards."""
+response cache), a broadcast root out of range, a retry under a rejected name, and the engine
+keeps working afterwards."""
 import time
 
 import numpy as np
@@ -55,6 +56,15 @@ def main():
     x = np.full(3, float(rank))
     check_round(rank, n, 0, "bcast", lambda: hvd.broadcast(x, root_rank=0, name="bcast"),
                 lambda: hvd.broadcast(x, root_rank=n + 5, name="bcast"), ["out of range"])
+    # A rejected name only rank 0 uses stays in flight there (the others might still submit
+    # it); a retry under that name says so. It holds up nothing else.
+    if rank == 0:
+        for root, expected in ((n + 5, "out of range"), (0, "was rejected on this rank")):
+            try:
+                hvd.broadcast(x, root_rank=root, name="lonely")
+                raise AssertionError("'lonely' was accepted")
+            except ValueError as e:
+                assert expected in str(e), e
     # Everything still works, the same names included.
     out, received = hvd.alltoall(rows, splits=good_splits, name="a2a.cached")
     expected = np.concatenate([np.arange(2 * n, dtype=np.float32)[2 * rank:2 * rank + 2] + 100 * q
