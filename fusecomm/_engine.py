@@ -167,14 +167,26 @@ def poll(handle):
 
 
 def synchronize(handle):
-    """Waits for `handle` and returns its result; raises CollectiveError if it failed."""
+    """Waits for `handle` and returns its result; raises CollectiveError if it failed.
+
+    The wait releases the GIL and wakes every 50 ms to run Python's signal handlers: when one
+    raises (KeyboardInterrupt), that exception comes out of here while the collective stays in
+    flight, its buffers kept alive, and the handle can be synchronized again."""
     _, finisher = _entry(handle)
     try:
-        _core.wait(handle)  # releases the GIL while waiting
+        _core.wait(handle)
+    except _core.CollectiveError:
+        _forget(handle)
+        raise
+    try:
         return finisher(_core.take_result(handle))
     finally:
-        with _lock:
-            _handles.pop(handle, None)
+        _forget(handle)
+
+
+def _forget(handle):
+    with _lock:
+        _handles.pop(handle, None)
 
 
 def forget_all_handles():

@@ -22,6 +22,7 @@ _SETTINGS = {
     "calibration_file": "FUSECOMM_CALIBRATION_FILE",
     "timeline": "FUSECOMM_TIMELINE",
     "gpu_transport": "FUSECOMM_GPU_TRANSPORT",
+    "deadlock_seconds": "FUSECOMM_DEADLOCK_SECONDS",
 }
 
 _atexit_registered = False

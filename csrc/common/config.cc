@@ -102,6 +102,8 @@ Config Config::FromEnvironment() {
   c.autotune = EnvInt("FUSECOMM_AUTOTUNE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
   GpuTransportSetting();  // only device collectives use it, but a typo should fail at init
+  c.deadlock_seconds = CheckSeconds(
+      "FUSECOMM_DEADLOCK_SECONDS", EnvDouble("FUSECOMM_DEADLOCK_SECONDS", c.deadlock_seconds), kDay);
   return c;
 }
 

@@ -29,6 +29,8 @@ struct Config {
   bool calibrate = true;                            // FUSECOMM_CALIBRATE (0: model defaults)
   std::string calibration_file;                     // FUSECOMM_CALIBRATION_FILE (cache)
   bool autotune = true;                             // FUSECOMM_AUTOTUNE (0: the model alone)
+  // Quiet time after which every rank blocked on collectives missing elsewhere is a deadlock.
+  double deadlock_seconds = 5.0;                    // FUSECOMM_DEADLOCK_SECONDS (0: off)
 
   // Parses and checks every variable; throws InvalidArgument naming the first bad one.
   static Config FromEnvironment();

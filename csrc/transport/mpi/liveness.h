@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -25,6 +27,11 @@ class LivenessMonitor {
   // waiting for it in init take its silence for a failure (and name it) instead of waiting on.
   void StopSilently();
 
+  // The peers the running monitor has not heard from for at least `seconds`, as (rank in the
+  // global set, seconds silent): rank 0 watches every rank, the others watch rank 0. Empty when
+  // no monitor runs. A frozen (SIGSTOP) or hung process is silent; a busy one is not.
+  static std::vector<std::pair<int, double>> SilentPeers(double seconds);
+
  private:
   void Loop();
   void Declare(const std::string& reason);
@@ -36,6 +43,9 @@ class LivenessMonitor {
   std::chrono::duration<double> timeout_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> say_goodbye_{true};
+  std::mutex heard_mutex_;  // guards last_heard_ (read by SilentPeers from other threads)
+  std::vector<std::chrono::steady_clock::time_point> last_heard_;
+  std::vector<bool> departed_;
   std::thread thread_;
 };
 
