@@ -26,14 +26,15 @@ std::string Seconds(std::chrono::duration<double> d) {
 
 LivenessMonitor::LivenessMonitor(MPI_Comm comm, double interval_seconds, double timeout_seconds)
     : interval_(interval_seconds), timeout_(timeout_seconds) {
-  if (timeout_seconds <= 0) return;
+  // Duplicated even when disabled: MPI_Comm_dup is collective, and a rank whose timeout
+  // differs from its peers' must still reach init()'s settings agreement in step with them.
   MPI_Comm_dup(comm, &comm_);
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   last_heard_.assign(size_, Clock::now());
   departed_.assign(size_, false);
-  if (size_ > 1) {
+  if (timeout_seconds > 0 && size_ > 1) {
     thread_ = std::thread([this] { Loop(); });
     std::lock_guard<std::mutex> lock(g_active_mutex);
     g_active = this;
