@@ -142,9 +142,9 @@ def test_rank_killed_on_one_node_is_named_on_the_other(cluster):
 def test_long_transfers_are_not_a_death(cluster):
     """16 MiB all-reduces across the 1 Gbit/s links for three times the liveness timeout."""
     env = {"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "5"}
-    for algorithm in ("ring", "hierarchical_scatter"):
-        _, out = testbed_run("testbed_bulk.py", "busy", 15, algorithm, env=env, timeout=180)
-        assert out.count(": OK ") == RANKS, out
+    # The ring puts the most bytes on the links: 2(p-1)/p of the buffer per node and step.
+    _, out = testbed_run("testbed_bulk.py", "busy", 15, "ring", env=env, timeout=180)
+    assert out.count(": OK ") == RANKS, out
 
 
 def test_rank_killed_during_long_transfers_is_found(cluster):

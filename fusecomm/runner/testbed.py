@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 STATE_DIR = os.environ.get("FUSECOMM_TESTBED_DIR", "/run/fusecomm-testbed")
@@ -314,6 +315,65 @@ def enter_namespace(name):
         os.close(fd)
 
 
+def processes_by_namespace(namespaces):
+    """{namespace: [(pid, command name)]} for the given network namespaces."""
+    inode_of = {os.stat(f"/run/netns/{ns}").st_ino: ns for ns in namespaces}
+    found = {ns: [] for ns in namespaces}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ns = inode_of.get(os.stat(f"/proc/{entry}/ns/net").st_ino)
+            if ns is not None:
+                with open(f"/proc/{entry}/comm") as f:
+                    found[ns].append((int(entry), f.read().strip()))
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
+
+
+def end_daemons_after_ranks(state, stop, grace_seconds=5.0):
+    """Open MPI 4.1 with --enable-recovery (which `fusecomm run` uses so that survivors can
+    report a death) leaves mpirun and the daemons of remote nodes waiting forever once a rank
+    on such a node has died: measured here, even with every other rank exited and the daemons
+    terminated. So once every rank of the job has ended and mpirun is still there after a grace
+    period, mpirun (this process's child) and the daemons are ended; `fusecomm run` then
+    reports the failure the ranks' markers gave."""
+    ranks_seen = False
+    idle_since = None
+    signals = [signal.SIGTERM, signal.SIGKILL]
+    while not stop.wait(0.5):
+        procs = processes_by_namespace(state["nodes"] + [state["switch"]])
+        switch = procs.pop(state["switch"])
+        nodes = [p for plist in procs.values() for p in plist]
+        if any(name != "orted" for _, name in nodes):  # a rank or its wrapper is alive
+            ranks_seen, idle_since = True, None
+            continue
+        launchers = [pid for pid, _ in switch if parent_pid(pid) == os.getpid()]
+        if not ranks_seen or not launchers:
+            continue
+        idle_since = idle_since or time.monotonic()
+        if time.monotonic() - idle_since < grace_seconds:
+            continue
+        sig = signals.pop(0) if len(signals) > 1 else signals[0]
+        print(f"fusecomm testbed: every rank has ended, mpirun has not after "
+              f"{grace_seconds:.0f} s: sending it {sig.name}", file=sys.stderr, flush=True)
+        for pid in launchers + [pid for pid, _ in nodes]:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        idle_since = None
+
+
+def parent_pid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run(args):
     """`fusecomm testbed run`: `fusecomm run` from the switch namespace across the nodes."""
     from fusecomm.runner import launch
@@ -329,7 +389,14 @@ def run(args):
     args.hosts = hosts_arg(state)
     args.mpi_args = " ".join(mpi_args(state) + args.mpi_args.split())
     enter_namespace(state["switch"])
-    return launch.run(args)
+    stop = threading.Event()
+    watcher = threading.Thread(target=end_daemons_after_ranks, args=(state, stop), daemon=True)
+    watcher.start()
+    try:
+        return launch.run(args)
+    finally:
+        stop.set()
+        watcher.join()
 
 
 # ---------------------------------------------------------------------------------------------
