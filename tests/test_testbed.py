@@ -156,3 +156,17 @@ def test_rank_killed_during_long_transfers_is_found(cluster):
         if rank != victim:
             assert re.search(rf"rank {rank}: DETECTED after .*rank {victim} stopped responding",
                              out), out
+
+
+def test_refuses_without_root_or_tools(monkeypatch, capsys):
+    """Runs everywhere (no testbed needed): the refusals name what is missing."""
+    monkeypatch.setattr(testbed.os, "geteuid", lambda: 1000)
+    assert cli.main(["testbed", "up", "--nodes", "2", "--slots", "2"]) == 2
+    assert "fusecomm testbed needs root" in capsys.readouterr().err
+    assert cli.main(["testbed", "down"]) == 2
+    assert "needs root" in capsys.readouterr().err
+    monkeypatch.setattr(testbed.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(testbed.shutil, "which",
+                        lambda tool: None if tool == "tc" else f"/usr/sbin/{tool}")
+    with pytest.raises(testbed.TestbedError, match=r"needs tc on PATH"):
+        testbed.up(2, 2)
