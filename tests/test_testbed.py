@@ -57,10 +57,10 @@ def caller_links():
     return sorted(line.split(":")[1].strip() for line in out.splitlines())
 
 
-def node_sent_bytes(node):
-    """Bytes the node has sent over its shaped link (tbf's counter on the node's eth0)."""
+def node_sent_bytes(node, dev="eth0"):
+    """Bytes the node has sent through a shaped device (tbf's counter)."""
     out = subprocess.run(["ip", "netns", "exec", node, "tc", "-s", "qdisc", "show", "dev",
-                          "eth0"], stdout=subprocess.PIPE, text=True).stdout
+                          dev], stdout=subprocess.PIPE, text=True).stdout
     return int(re.search(r"Sent (\d+) bytes", out).group(1))
 
 
@@ -156,6 +156,20 @@ def test_rank_killed_during_long_transfers_is_found(cluster):
         if rank != victim:
             assert re.search(rf"rank {rank}: DETECTED after .*rank {victim} stopped responding",
                              out), out
+
+
+def test_intra_link_shapes_the_nodes_loopback(cluster):
+    """--intra-link RATE: ranks on one node talk TCP over the node's loopback, shaped to RATE
+    (runs last: it rebuilds the module's testbed with that setting)."""
+    code, out = fusecomm_cli("testbed", "up", "--nodes", NODES, "--slots", SLOTS, "--link",
+                             "1gbit", "--intra-link", "2gbit", "--prefix", PREFIX, "--subnet",
+                             SUBNET)
+    assert code == 0 and "intra-node" in out and "dev lo" in out, out
+    sent = {node: node_sent_bytes(node, "lo") for node in cluster}
+    _, out = testbed_run("testbed_topology.py", NODES, SLOTS, PREFIX, timeout=120)
+    assert out.count(": OK on ") == RANKS, out
+    for node in cluster:
+        assert node_sent_bytes(node, "lo") > sent[node], f"nothing went over {node}'s loopback"
 
 
 def test_refuses_without_root_or_tools(monkeypatch, capsys):

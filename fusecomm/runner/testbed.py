@@ -332,7 +332,7 @@ def processes_by_namespace(namespaces):
     return found
 
 
-def end_daemons_after_ranks(state, stop, grace_seconds=5.0):
+def end_daemons_after_ranks(state, stop, grace_seconds=10.0):
     """Open MPI 4.1 with --enable-recovery (which `fusecomm run` uses so that survivors can
     report a death) leaves mpirun and the daemons of remote nodes waiting forever once a rank
     on such a node has died: measured here, even with every other rank exited and the daemons
