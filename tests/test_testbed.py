@@ -44,7 +44,7 @@ def fusecomm_cli(*args, env=None, timeout=120):
     return proc.returncode, proc.stdout
 
 
-def testbed_run(script, *args, env=None, timeout=240, expect_fail=False):
+def run_on_testbed(script, *args, env=None, timeout=240, expect_fail=False):
     code, out = fusecomm_cli("testbed", "run", "-np", RANKS, "--", sys.executable,
                              MP_DIR / script, *args, env=env, timeout=timeout)
     if not expect_fail and code != 0:
@@ -109,13 +109,13 @@ def test_refuses_what_it_cannot_do(cluster):
 
 
 def test_topology_is_two_nodes(cluster):
-    _, out = testbed_run("testbed_topology.py", NODES, SLOTS, PREFIX, timeout=120)
+    _, out = run_on_testbed("testbed_topology.py", NODES, SLOTS, PREFIX, timeout=120)
     assert out.count(": OK on ") == RANKS, out
 
 
 def test_every_collective_across_tcp(cluster):
     sent = {node: node_sent_bytes(node) for node in cluster}
-    _, out = testbed_run("core_collectives.py", 11)
+    _, out = run_on_testbed("core_collectives.py", 11)
     assert out.count("OK") >= RANKS, out
     # The 65537-element all-reduces alone move far more than this over each node's link.
     for node in cluster:
@@ -123,14 +123,14 @@ def test_every_collective_across_tcp(cluster):
 
 
 def test_every_allreduce_algorithm_across_tcp(cluster):
-    _, out = testbed_run("core_algorithms.py", 12)
+    _, out = run_on_testbed("core_algorithms.py", 12)
     assert out.count(": OK (") == RANKS, out
     assert out.count(f"local_size {SLOTS}") == RANKS, out
 
 
 def test_rank_killed_on_one_node_is_named_on_the_other(cluster):
     victim = SLOTS  # the first rank of the second node
-    code, out = testbed_run("fault_rank_death.py", "kill", victim, expect_fail=True,
+    code, out = run_on_testbed("fault_rank_death.py", "kill", victim, expect_fail=True,
                             env={"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "5"}, timeout=120)
     assert code != 0, out
     for rank in range(SLOTS):  # the first node's ranks
@@ -143,13 +143,13 @@ def test_long_transfers_are_not_a_death(cluster):
     """16 MiB all-reduces across the 1 Gbit/s links for three times the liveness timeout."""
     env = {"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "5"}
     # The ring puts the most bytes on the links: 2(p-1)/p of the buffer per node and step.
-    _, out = testbed_run("testbed_bulk.py", "busy", 15, "ring", env=env, timeout=180)
+    _, out = run_on_testbed("testbed_bulk.py", "busy", 15, "ring", env=env, timeout=180)
     assert out.count(": OK ") == RANKS, out
 
 
 def test_rank_killed_during_long_transfers_is_found(cluster):
     victim = SLOTS
-    code, out = testbed_run("testbed_bulk.py", "kill", 12, "ring", victim, expect_fail=True,
+    code, out = run_on_testbed("testbed_bulk.py", "kill", 12, "ring", victim, expect_fail=True,
                             env={"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "5"}, timeout=180)
     assert code != 0, out
     for rank in range(RANKS):
@@ -166,7 +166,7 @@ def test_intra_link_shapes_the_nodes_loopback(cluster):
                              SUBNET)
     assert code == 0 and "intra-node" in out and "dev lo" in out, out
     sent = {node: node_sent_bytes(node, "lo") for node in cluster}
-    _, out = testbed_run("testbed_topology.py", NODES, SLOTS, PREFIX, timeout=120)
+    _, out = run_on_testbed("testbed_topology.py", NODES, SLOTS, PREFIX, timeout=120)
     assert out.count(": OK on ") == RANKS, out
     for node in cluster:
         assert node_sent_bytes(node, "lo") > sent[node], f"nothing went over {node}'s loopback"
