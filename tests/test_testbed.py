@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -158,9 +159,43 @@ def test_rank_killed_during_long_transfers_is_found(cluster):
                              out), out
 
 
+def test_down_after_a_crashed_run(cluster):
+    """The launcher dies (SIGKILL) with a job running: mpirun, the daemons and the ranks are left
+    in the testbed's namespaces; `down` still removes every one of them and the namespaces."""
+    namespaces = cluster + [f"{PREFIX}-switch"]
+    job = subprocess.Popen([sys.executable, cli.__file__, "testbed", "run", "-np", str(RANKS),
+                            "--", sys.executable, "-c", "import time; time.sleep(600)"],
+                           env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until every node runs its daemon and its ranks
+            procs = testbed.processes_by_namespace(namespaces)
+            if all(len(procs[node]) > SLOTS for node in cluster):
+                break
+            assert time.monotonic() < deadline, f"the job did not start: {procs}"
+            time.sleep(0.5)
+    finally:
+        job.kill()
+        job.wait()
+    left = [pid for plist in testbed.processes_by_namespace(namespaces).values()
+            for pid, _ in plist]
+    assert left, "nothing was left behind to clean up"
+    code, out = fusecomm_cli("testbed", "down")
+    assert code == 0 and "testbed down" in out, out
+    gone = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+    assert not re.search(rf"^{PREFIX}", gone, re.MULTILINE), gone
+    for pid in left:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            assert state == "Z", f"process {pid} survived down (state {state})"
+        except FileNotFoundError:
+            pass
+
+
 def test_intra_link_shapes_the_nodes_loopback(cluster):
     """--intra-link RATE: ranks on one node talk TCP over the node's loopback, shaped to RATE
-    (runs last: it rebuilds the module's testbed with that setting)."""
+    (runs last: it makes the module's testbed again with that setting)."""
     code, out = fusecomm_cli("testbed", "up", "--nodes", NODES, "--slots", SLOTS, "--link",
                              "1gbit", "--intra-link", "2gbit", "--prefix", PREFIX, "--subnet",
                              SUBNET)

@@ -61,9 +61,10 @@ def rate_bits(text):
 
 def tbf_settings(rate):
     """tbf's bucket and queue for a link of `rate`. The bucket holds at least a full TSO/GSO
-    segment (64 KiB) so large segments pass unsplit; the queue holds a few ms of traffic so a
-    burst from several senders waits instead of being dropped (drops cost TCP a retransmission
-    timeout, 200 ms and more, which is the kind of stall a real switch's buffer avoids)."""
+    segment (64 KiB) so large segments pass unsplit; the queue holds 20 ms of traffic so a
+    burst from several senders waits instead of being dropped (a lost retransmission costs TCP
+    a retransmission timeout, 200 ms doubling with every further loss: the multi-second stalls
+    a real switch's buffers avoid). docs/testbed.md has the measurements."""
     bytes_per_s = rate_bits(rate) / 8
     burst = max(128 << 10, int(bytes_per_s * 0.001))
     limit = max(1 << 20, int(bytes_per_s * 0.02))
