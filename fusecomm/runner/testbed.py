@@ -248,8 +248,8 @@ def kill_processes(namespace, grace_seconds=3.0):
     """SIGTERM then SIGKILL to every process in the namespace (all of them started in it by a
     testbed run: nothing else lives there)."""
     def pids():
-        out = _ip(["netns", "pids", namespace], check=False).stdout
-        return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
+        return [pid for pid, _ in processes_by_namespace([namespace])[namespace]
+                if pid != os.getpid()]
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids():
@@ -278,7 +278,7 @@ def status_text():
             continue
         dev = "eth0" if ns != state["switch"] else "br0"
         addr = state["addresses"].get(ns, state["switch_address"])
-        procs = len(_ip(["netns", "pids", ns], check=False).stdout.split())
+        procs = len(processes_by_namespace([ns])[ns])
         lines.append(f"  {ns}: {addr} on {dev}, {procs} processes")
         qdisc = _ip(["netns", "exec", ns, "tc", "-s", "qdisc", "show"], check=False).stdout
         shaper = False  # inside a tbf block: its first line, then its counters
