@@ -347,8 +347,11 @@ def end_daemons_after_ranks(state, stop, grace_seconds=10.0):
         procs = processes_by_namespace(state["nodes"] + [state["switch"]])
         switch = procs.pop(state["switch"])
         nodes = [p for plist in procs.values() for p in plist]
-        if any(name != "orted" for _, name in nodes):  # a rank or its wrapper is alive
-            ranks_seen, idle_since = True, None
+        daemons = {pid for pid, name in nodes if name == "orted"}
+        if len(daemons) < len(nodes):  # a rank, or the launch of a daemon, is under way
+            # Ranks are the daemons' children (not the agent's helpers before a daemon starts).
+            ranks_seen = ranks_seen or any(parent_pid(pid) in daemons for pid, _ in nodes)
+            idle_since = None
             continue
         launchers = [pid for pid, _ in switch if parent_pid(pid) == os.getpid()]
         if not ranks_seen or not launchers:
