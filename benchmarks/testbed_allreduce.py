@@ -88,6 +88,31 @@ def summary(rows, link):
     return lines
 
 
+def plot_against_link(rows, link, title, path):
+    """busbw as a fraction of the link rate, by size: 1.0 is a link kept busy all the time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = link_bytes_per_s(link) / 1e9
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        pts = [r for r in rows if r["impl"] == impl]
+        ax.plot([p["size"] for p in pts], [p["busbw"] / rate for p in pts], marker="o",
+                label=impl.replace("fusecomm:", ""))
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label=f"link rate ({link})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("busbw / link rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--compression-worker":
         return compression_worker(sys.argv[2], sys.argv[3])
@@ -133,8 +158,10 @@ def main():
                     fusecomm("testbed", "down")
             if jsonl.exists():
                 rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-                print(f"\n{nodes} nodes x {slots} slots, {link} links (times in us):\n")
+                title = f"{nodes} nodes x {slots} slots, {link} links"
+                print(f"\n{title} (times in us):\n")
                 print("\n".join(summary(rows, link)))
+                plot_against_link(rows, link, title, stem.with_name(stem.name + "_vs_link.png"))
             if fp16_json.exists():
                 fp16 = json.loads(fp16_json.read_text())
                 print(f"\n16 MiB fp32 ({fp16['algorithm']}): {fp16['fp32_us']:.0f} us, with fp16 "
