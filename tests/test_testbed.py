@@ -82,7 +82,7 @@ def cluster():
         left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
         assert code == 0, out
         assert not re.search(rf"^{PREFIX}", left, re.MULTILINE), f"namespaces left:\n{left}"
-        assert not os.path.exists(STATE_DIR + "/state.json")
+        assert not os.path.exists(STATE_DIR), "down left its state directory"
         assert caller_links() == links_before
 
 

@@ -241,6 +241,10 @@ def down():
     for path in (AGENT_FILE, STATE_FILE):
         if os.path.exists(path):
             os.remove(path)
+    try:
+        os.rmdir(STATE_DIR)
+    except OSError:  # not empty: something else was put there
+        pass
     return "down"
 
 
