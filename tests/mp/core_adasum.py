@@ -4,7 +4,8 @@ csrc/collectives/adasum_allreduce.cc documents: ranks p'+i fold into i (p' the l
 two <= p), then blocks of d ranks pair with their neighbours at d = 1, 2, 4, ...; per tensor, in
 float64, rounded to the dtype after each pairwise sum. Covers float16/bfloat16/float32/float64,
 sizes around the halving boundaries, fused groups (each tensor keeps its own coefficients),
-zero tensors (adasum(a, 0) = a), pre/postscale, and the NumPy, torch and TensorFlow faces.
+zero tensors (adasum(a, 0) = a), pre/postscale, a joined rank, and the NumPy, torch and
+TensorFlow faces.
 
 Run: mpirun -np N python tests/mp/core_adasum.py SEED [torch|tensorflow]   (N = 2, 3, 4, 8)"""
 import sys
@@ -81,6 +82,15 @@ def check_numpy(seed, r, n):
     out = hvd.allreduce(x, op=hvd.Adasum, prescale_factor=2.0, postscale_factor=0.25,
                         name="scaled")
     check(out, ref * 0.5, "pre/postscale", "float64", seed)
+    # join(): the last rank leaves first; its stand-in zeros are adasum's identity.
+    vectors = [rank_vector(seed, q, 8, 30, "float32") for q in range(n)]
+    if r != n - 1:
+        out = hvd.allreduce(vectors[r], op=hvd.Adasum, name="adasum.joined")
+        expected = adasum_tree(vectors[:-1] + [np.zeros(30, np.float32)], np.float32)
+        check(out, expected, "with the last rank joined", "float32", seed)
+    last = hvd.join()
+    assert last == (0 if n == 1 else last) and (n == 1 or last != n - 1), \
+        f"join() returned rank {last}, which joined first"
 
 
 def check_framework(framework, seed, r, n):
