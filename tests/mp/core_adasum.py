@@ -89,7 +89,7 @@ def check_numpy(seed, r, n):
         expected = adasum_tree(vectors[:-1] + [np.zeros(30, np.float32)], np.float32)
         check(out, expected, "with the last rank joined", "float32", seed)
     last = hvd.join()
-    assert last == (0 if n == 1 else last) and (n == 1 or last != n - 1), \
+    assert (last == 0) if n == 1 else (last != n - 1), \
         f"join() returned rank {last}, which joined first"
 
 
