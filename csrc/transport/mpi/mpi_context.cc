@@ -203,8 +203,12 @@ void FinalizeMpiIfOwned() {
   // (the launcher reports the job as failed, which it has).
   if (!g_we_initialized || finalized || TransportAborted()) return;
   // A peer that left without finalizing (os._exit) would hold this rank here forever: a
-  // watchdog ends the process after the liveness timeout instead.
-  const double limit = std::max(5.0, EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", 15.0));
+  // watchdog ends the process instead. Live ranks also reach MPI_Finalize at different times
+  // (one still tearing down a framework on a loaded node), so the limit is init()'s generous
+  // one for ranks that have not arrived, or the liveness timeout if longer.
+  const double limit =
+      std::max({5.0, EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", 15.0),
+                EnvDouble("FUSECOMM_INIT_TIMEOUT_SECONDS", 60.0)});
   std::thread([limit] {
     std::this_thread::sleep_for(std::chrono::duration<double>(limit));
     std::fprintf(stderr,
