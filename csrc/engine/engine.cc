@@ -110,6 +110,13 @@ bool Engine::initialized() {
   return initialized_;
 }
 
+bool Engine::stopped() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = process_sets_.find(0);
+  return initialized_ && it != process_sets_.end() && it->second.worker &&
+         it->second.worker->stopped();
+}
+
 void Engine::CheckInitialized() {
   if (!initialized_) {
     throw NotInitialized("fusecomm has not been initialized; call init() first");
