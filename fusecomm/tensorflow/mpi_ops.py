@@ -12,6 +12,8 @@ time that way, ~1.1x this way; `benchmarks/keras_training.py` prints the table).
 Every op is differentiable (tf.custom_gradient); the gradients are those of the sum of all ranks'
 losses, which is what data-parallel training averages (see _item_gradients).
 """
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -109,18 +111,33 @@ class _Item:
 
 
 def _graph_name(default):
-    # Unique inside the graph being traced and the same on every rank that traces the same code,
-    # so the engine's response cache recognises it on every step (and across retraces).
+    # Unique inside the graph being traced (TensorFlow appends _1, _2... to a scope name used
+    # again), so the engine's response cache recognises it on every step and across retraces.
     with tf.name_scope(default) as scope:
         return "tf." + scope.rstrip("/")
 
 
+def _normalize_name(name):
+    return re.sub("[^a-zA-Z0-9_]", "_", name)
+
+
+def _default_graph_name(items):
+    """Horovod's rule: a graph collective is named after its operation and its input tensors'
+    graph names, not after the order in which the graph was built, so ranks that build the same
+    ops in different orders (or through different code paths, e.g. tf.gradients) still agree."""
+    inputs = [item.inputs[0] for item in items]
+    tensors = inputs[:1] if len(inputs) == 1 else [inputs[0], inputs[-1]]
+    label = "_".join(_normalize_name(getattr(t, "name", "") or "tensor") for t in tensors)
+    return _graph_name(f"{OP_NAMES[items[0].op_type]}_{label}")
+
+
 def _batch_names(items, name):
-    """The engine names of a batch, or None to draw them from the eager counter on every run."""
+    """The engine names of a batch, or None to draw them from the per-process-set counter on
+    every run (eager calls, whose tensors have no graph names)."""
     if name is None:
         if tf.executing_eagerly():
             return None
-        name = _graph_name(OP_NAMES[items[0].op_type])
+        name = _default_graph_name(items)
     if len(items) == 1:
         return [name]
     return [f"{name}.{i}" for i in range(len(items))]
@@ -183,7 +200,7 @@ def _execute(items, name=None, differentiable=True):
         ys = _execute_raw(items, xs, names)
 
         def backward(*dys):
-            return _batch_gradients(items, xs, ys, dys)
+            return _batch_gradients(items, xs, ys, dys, names)
 
         return ys, backward
 
@@ -191,25 +208,39 @@ def _execute(items, name=None, differentiable=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Gradients: of the sum over ranks of every rank's loss. DistributedGradientTape then averages
-# the parameter gradients, which makes the whole the gradient of the mean loss.
+# Gradients: Horovod 0.28.1's TensorFlow rules (horovod/tensorflow/mpi_ops.py), so that code
+# ported from Horovod trains the same: allreduce's gradient is the same allreduce of the
+# incoming gradients; allgather and broadcast AVERAGE the incoming gradients over the ranks
+# (then take this rank's rows / keep them on the root); reducescatter all-gathers them (times the
+# set's size for Sum); alltoall sends them back. docs/horovod_compat_tf.md has the table.
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_gradients(items, xs, ys, dys):
+def _gradient_name(forward_name):
+    """In a graph, a backward collective is named after its forward one, whatever built it
+    (tf.gradients in any order, a tape, a function's backward graph): the same on every rank.
+    Eagerly (forward_name None) the per-process-set counters name it, as every eager call."""
+    if forward_name is None:
+        return lambda suffix: None
+    base = _graph_name(_normalize_name(forward_name.removeprefix("tf.")) + "_grad")
+    return lambda suffix: f"{base}.{suffix}"
+
+
+def _batch_gradients(items, xs, ys, dys, names):
     grads, position, out = [], 0, 0
-    for item in items:
+    for i, item in enumerate(items):
         n_in, n_out = len(item.inputs), len(item.outputs)
         item_dys = [dy if dy is not None else tf.zeros_like(y)
                     for dy, y in zip(dys[out:out + n_out], ys[out:out + n_out])]
+        name = _gradient_name(None if names is None else names[i])
         grads.extend(_item_gradients(item, xs[position:position + n_in], ys[out:out + n_out],
-                                     item_dys))
+                                     item_dys, name))
         position += n_in
         out += n_out
     return grads
 
 
-def _item_gradients(item, xs, ys, dys):
+def _item_gradients(item, xs, ys, dys, name):
     if not xs[0].dtype.is_floating:
         return [None] * len(xs)
     a, dy = item.attrs, dys[0]
@@ -218,25 +249,25 @@ def _item_gradients(item, xs, ys, dys):
         raise NotImplementedError(f"fusecomm has no gradient for {OP_NAMES[item.op_type]} with "
                                   "op=Min/Max/Product; use Sum or Average")
     if item.op_type == ALLREDUCE:
-        # y = post * op(pre * x) on every rank: dx = post * pre * op(dy) (Average keeps its 1/n).
         return [allreduce(dy, op=a["op"], prescale_factor=a["prescale"],
-                          postscale_factor=a["postscale"], process_set=ps)]
+                          postscale_factor=a["postscale"], name=name("allreduce"),
+                          process_set=ps)]
     if item.op_type == ALLGATHER:
-        # Every rank's output holds this rank's rows: their gradients add up, then our slice.
-        total = allreduce(dy, op=Sum, process_set=ps)
+        averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)
         rows = tf.shape(xs[0], out_type=tf.int64)[:1]
-        offsets = tf.cumsum(allgather(rows, process_set=ps), exclusive=True)
+        offsets = tf.cumsum(allgather(rows, name=name("rows"), process_set=ps), exclusive=True)
         start = offsets[ps.rank()]
-        return [total[start:start + rows[0]]]
+        return [averaged[start:start + rows[0]]]
     if item.op_type == BROADCAST:
-        total = allreduce(dy, op=Sum, process_set=ps)
-        return [total if rank() == a["root"] else tf.zeros_like(total)]
+        averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)
+        return [averaged if rank() == a["root"] else tf.zeros_like(averaged)]
     if item.op_type == REDUCESCATTER:
-        scale = a["prescale"] * a["postscale"] / (ps.size() if a["op"] == Average else 1)
-        return [allgather(dy, process_set=ps) * tf.constant(scale, dy.dtype)]
+        if a["op"] == Sum:
+            dy = dy * tf.constant(_process_set_size(ps), dy.dtype)
+        return [allgather(dy, name=name("allgather"), process_set=ps)]
     if item.op_type == ALLTOALL:
         # Rows went out by `splits` and came back by the received splits: send gradients back.
-        back, _ = alltoall(dy, splits=ys[1], process_set=ps)
+        back, _ = alltoall(dy, splits=ys[1], name=name("alltoall"), process_set=ps)
         return [back] + [None] * (len(xs) - 1)
     raise AssertionError(f"no gradient rule for {OP_NAMES[item.op_type]}")
 
@@ -308,16 +339,54 @@ def _reducescatter_item(tensor, op, prescale, postscale, process_set):
                  prescale=prescale, postscale=postscale, process_set=process_set)
 
 
+class SplitsTypeError(TypeError, ValueError):
+    """Non-integer alltoall splits. Horovod's TensorFlow op refuses them with a ValueError
+    (eagerly) or a TypeError (while building a graph); this is both."""
+
+
+class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
+    """A bad argument found before submission: tf.errors.InvalidArgumentError, as Horovod's
+    TensorFlow kernels raise, and a ValueError, as fusecomm's other faces raise."""
+
+    def __init__(self, message):
+        super().__init__(None, None, message)
+
+
+def _check_alltoall_rows(tensor, splits, n):
+    """Horovod's errors for rows that do not split, when the values are known now (eagerly or
+    constants); otherwise the engine raises the same at run time (InvalidArgumentError from
+    the graph's function)."""
+    rows = tensor.shape[0] if tensor.shape.rank else None
+    if rows is None:
+        return
+    if splits is None:
+        if rows % n:
+            raise InvalidArgumentError(f"alltoall without splits needs the first dimension "
+                                       f"({rows}) to divide by the number of ranks ({n})")
+        return
+    values = tf.get_static_value(splits)
+    if values is None:
+        return
+    values = [int(v) for v in values]
+    if len(values) != n:
+        raise InvalidArgumentError(f"alltoall splits has {len(values)} entries; expected one "
+                                   f"per rank ({n})")
+    if any(v < 0 for v in values) or sum(values) != rows:
+        raise InvalidArgumentError(f"alltoall splits {values} must be non-negative and sum to "
+                                   f"the first dimension ({rows})")
+
+
 def _alltoall_item(tensor, splits, process_set):
     _check_rows(tensor, "alltoall")
     inputs = [tensor]
     if splits is not None:
         splits = _as_tensor(splits)
         if not splits.dtype.is_integer:
-            raise TypeError(f"splits must be integers, not {splits.dtype.name}")
+            raise SplitsTypeError(f"splits must be integers, not {splits.dtype.name}")
         if splits.shape.rank is not None and splits.shape.rank != 1:
             raise ValueError("splits must be a 1-D sequence of integers")
         inputs.append(splits)
+    _check_alltoall_rows(tensor, splits, _process_set_size(process_set))
     n = _process_set_size(process_set)
 
     def submit(arrays, name):
@@ -343,8 +412,12 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
     """Reduces dense tensors and tf.IndexedSlices (None entries pass through) as ONE batch.
 
     Dense tensors are compressed and all-reduced; IndexedSlices are all-gathered (values and
-    indices), which sums them once the update scatters the duplicate indices, as Horovod does."""
+    indices), which sums them once the update scatters the duplicate indices, as Horovod does.
+    Integer IndexedSlices that need scaling (Average, prescale, postscale) are summed densely by
+    the engine instead: its integer rule scales the sum and truncates once, as for dense tensors;
+    scaling each gathered row would truncate before the sum (and 0.5 is no uint8)."""
     n = _process_set_size(process_set)
+    scale = prescale * postscale / (n if op == Average else 1)
     items, plan = [], []
     for tensor in tensors:
         if tensor is None:
@@ -353,6 +426,11 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
             if op not in (Sum, Average):
                 raise NotImplementedError("only Sum and Average are defined for tf.IndexedSlices; "
                                           "use sparse_as_dense=True for other ops")
+            if scale != 1.0 and not tensor.values.dtype.is_floating:
+                items.append(_allreduce_item(tf.convert_to_tensor(tensor), op, prescale,
+                                             postscale, process_set))
+                plan.append(("sparse_dense", tensor))
+                continue
             items += [_allgather_item(tensor.values, process_set),
                       _allgather_item(tensor.indices, process_set)]
             plan.append(("sparse", tensor))
@@ -370,9 +448,12 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
             results.append(None)
         elif entry[0] == "dense":
             results.append(compression.decompress(next(outputs), entry[1]))
+        elif entry[0] == "sparse_dense":  # every row, as slices of the same dense_shape
+            values, slices = next(outputs), entry[1]
+            rows = tf.range(tf.shape(values, out_type=slices.indices.dtype)[0])
+            results.append(tf.IndexedSlices(values, rows, dense_shape=slices.dense_shape))
         else:
             values, indices = next(outputs), next(outputs)
-            scale = prescale * postscale / (n if op == Average else 1)
             if scale != 1.0:
                 values = values * tf.constant(scale, values.dtype)
             results.append(tf.IndexedSlices(values, indices, dense_shape=entry[1].dense_shape))
@@ -436,9 +517,12 @@ def broadcast_(variables, root_rank, name=None, process_set=global_process_set):
     values."""
     variables = list(variables)
     values = grouped_broadcast(variables, root_rank, name=name, process_set=process_set)
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-    return values
+    assigned = [variable.assign(value) for variable, value in zip(variables, values)]
+    if tf.executing_eagerly() or tf.inside_function():  # tf.function runs the assignments
+        return values
+    # A tf.compat.v1 graph: values that depend on the assignments, so running them assigns.
+    with tf.control_dependencies([a for a in assigned if a is not None]):
+        return [tf.identity(value) for value in values]
 
 
 def reducescatter(tensor, device_dense="", compression=Compression.none, op=Average, name=None,
