@@ -17,7 +17,7 @@ OP_NAMES = {ALLREDUCE: "allreduce", ALLGATHER: "allgather", BROADCAST: "broadcas
 
 # Element type codes (csrc/common/types.h: DataType), keyed by the dtype's name.
 DTYPE_CODES = {"uint8": 0, "int8": 1, "int32": 2, "int64": 3, "float16": 4, "bfloat16": 5,
-               "float32": 6, "float64": 7, "bool": 8}
+               "float32": 6, "float64": 7, "bool": 8, "int16": 9, "uint16": 10}
 SUPPORTED_DTYPES = ", ".join(DTYPE_CODES)
 
 # Reduce ops (csrc/common/types.h: ReduceOp); Horovod exposes them as integers too.

@@ -182,6 +182,11 @@ void Executor::RunReducescatter(DataPlane& plane, Request& r) {
     send = scaled.get();
   }
   ReduceOp op = r.spec.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : r.spec.reduce_op;
+  if (!comm.NativeReductionSupports(r.spec.dtype)) {
+    throw InvalidArgument(std::string("reducescatter of ") + DataTypeName(r.spec.dtype) +
+                          " is not supported on the " + comm.transport_name() +
+                          " transport (it has no such type); use a wider integer type");
+  }
   size_t mine = counts[comm.rank()];
   auto out = plane.AllocateOutput(mine * elem);
   comm.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);

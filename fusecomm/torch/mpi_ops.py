@@ -30,8 +30,10 @@ from fusecomm.torch.compression import Compression
 _DTYPE_NAMES = {
     torch.uint8: "uint8", torch.int8: "int8", torch.int32: "int32", torch.int64: "int64",
     torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-    torch.float64: "float64", torch.bool: "bool",
+    torch.float64: "float64", torch.bool: "bool", torch.int16: "int16",
 }
+if hasattr(torch, "uint16"):  # torch >= 2.3
+    _DTYPE_NAMES[torch.uint16] = "uint16"
 _SUPPORTED_DTYPES = ", ".join(str(d) for d in _DTYPE_NAMES)
 
 

@@ -114,6 +114,8 @@ MPI_Datatype ToMpiType(DataType dtype) {
     case DataType::kFloat32: return MPI_FLOAT;
     case DataType::kFloat64: return MPI_DOUBLE;
     case DataType::kBool: return MPI_UINT8_T;       // reduced by a user op
+    case DataType::kInt16: return MPI_INT16_T;
+    case DataType::kUInt16: return MPI_UINT16_T;
   }
   throw InvalidArgument("unknown data type");
 }

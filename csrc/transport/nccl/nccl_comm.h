@@ -48,6 +48,9 @@ class NcclComm : public Comm {
   // ncclCommSplit: collective over this comm.
   std::unique_ptr<Comm> Split(int color, int key) override;
 
+  bool NativeReductionSupports(DataType dtype) const override {
+    return dtype != DataType::kInt16 && dtype != DataType::kUInt16;
+  }
   void NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) override;
   void NativeBroadcast(void* buf, size_t bytes, int root) override;
   void NativeAllgatherv(const void* send, size_t send_bytes, void* recv,
