@@ -343,13 +343,15 @@ class SplitsTypeError(TypeError, ValueError):
     """Non-integer alltoall splits. Horovod's TensorFlow op refuses them with a ValueError
     (eagerly) or a TypeError (while building a graph); this is both."""
 
+    # Exception's own constructor: tf.function's tracing re-raises the error as its type only
+    # for exceptions built from a message alone (otherwise as a StagingError).
+    __init__ = Exception.__init__
+
 
 class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
     """A bad argument found before submission: tf.errors.InvalidArgumentError, as Horovod's
-    TensorFlow kernels raise, and a ValueError, as fusecomm's other faces raise."""
-
-    def __init__(self, message):
-        super().__init__(None, None, message)
+    TensorFlow kernels raise, and a ValueError, as fusecomm's other faces raise. Built as
+    TensorFlow's own (node_def, op, message), so that errors while tracing keep the type."""
 
 
 def _check_alltoall_rows(tensor, splits, n):
@@ -361,19 +363,19 @@ def _check_alltoall_rows(tensor, splits, n):
         return
     if splits is None:
         if rows % n:
-            raise InvalidArgumentError(f"alltoall without splits needs the first dimension "
-                                       f"({rows}) to divide by the number of ranks ({n})")
+            raise InvalidArgumentError(None, None, f"alltoall without splits needs the first "
+                                       f"dimension ({rows}) to divide by the number of ranks ({n})")
         return
     values = tf.get_static_value(splits)
     if values is None:
         return
     values = [int(v) for v in values]
     if len(values) != n:
-        raise InvalidArgumentError(f"alltoall splits has {len(values)} entries; expected one "
-                                   f"per rank ({n})")
+        raise InvalidArgumentError(None, None, f"alltoall splits has {len(values)} entries; "
+                                   f"expected one per rank ({n})")
     if any(v < 0 for v in values) or sum(values) != rows:
-        raise InvalidArgumentError(f"alltoall splits {values} must be non-negative and sum to "
-                                   f"the first dimension ({rows})")
+        raise InvalidArgumentError(None, None, f"alltoall splits {values} must be non-negative "
+                                   f"and sum to the first dimension ({rows})")
 
 
 def _alltoall_item(tensor, splits, process_set):

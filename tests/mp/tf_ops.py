@@ -17,7 +17,7 @@ from _util import numpy_dtype, rank_data, run_main  # noqa: E402
 import fusecomm  # noqa: E402
 import fusecomm.tensorflow as hvd  # noqa: E402
 
-DTYPES = ["uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bfloat16", "bool"]
+DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bfloat16", "bool"]
 SIZES = [0, 1, 7, 13, 1021]
 GRAPH_SIZES = [0, 1, 13]  # fewer inside tf.function: every new signature is a new trace
 
