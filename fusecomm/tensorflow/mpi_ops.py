@@ -13,6 +13,7 @@ Every op is differentiable (tf.custom_gradient); the gradients are those of the 
 losses, which is what data-parallel training averages (see _item_gradients).
 """
 import re
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -110,11 +111,19 @@ class _Item:
         self.attrs = attrs  # what the gradient needs: op, scales, root, process set
 
 
-def _graph_name(default):
-    # Unique inside the graph being traced (TensorFlow appends _1, _2... to a scope name used
-    # again), so the engine's response cache recognises it on every step and across retraces.
-    with tf.name_scope(default) as scope:
-        return "tf." + scope.rstrip("/")
+_graph_names = weakref.WeakKeyDictionary()  # graph -> {base name: times used}
+
+
+def _graph_name(base):
+    """`base`, made unique inside the graph being built by _1, _2... in the order of use. The
+    graph's current name scope is left out: it depends on what built the op (tf.gradients
+    opens gradients, gradients_1, ... in call order), and the base already names the op's
+    input with its scopes. A retrace starts afresh, so names recur across traces and the
+    engine's response cache recognises them on every step."""
+    used = _graph_names.setdefault(tf.compat.v1.get_default_graph(), {})
+    count = used.get(base, 0)
+    used[base] = count + 1
+    return "tf." + (base if count == 0 else f"{base}_{count}")
 
 
 def _normalize_name(name):
@@ -222,7 +231,7 @@ def _gradient_name(forward_name):
     Eagerly (forward_name None) the per-process-set counters name it, as every eager call."""
     if forward_name is None:
         return lambda suffix: None
-    base = _graph_name(_normalize_name(forward_name.removeprefix("tf.")) + "_grad")
+    base = _graph_name(forward_name.removeprefix("tf.") + ".grad")
     return lambda suffix: f"{base}.{suffix}"
 
 
@@ -253,10 +262,12 @@ def _item_gradients(item, xs, ys, dys, name):
                           postscale_factor=a["postscale"], name=name("allreduce"),
                           process_set=ps)]
     if item.op_type == ALLGATHER:
-        averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)
+        # One batch (one graph op): two independent collectives in a tf.compat.v1 graph may
+        # run in either order, and each holds a thread until its peers arrive.
         rows = tf.shape(xs[0], out_type=tf.int64)[:1]
-        offsets = tf.cumsum(allgather(rows, name=name("rows"), process_set=ps), exclusive=True)
-        start = offsets[ps.rank()]
+        averaged, all_rows = _execute([_allreduce_item(dy, Average, 1.0, 1.0, ps),
+                                       _allgather_item(rows, ps)], name("allgather"), False)
+        start = tf.cumsum(all_rows, exclusive=True)[ps.rank()]
         return [averaged[start:start + rows[0]]]
     if item.op_type == BROADCAST:
         averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)

@@ -30,11 +30,15 @@ NO_STALL = {"stall_shutdown_seconds": 0, "stall_warning_seconds": 60}
 
 
 def run_graph(build):
-    """Builds `build()`'s tensors in a fresh tf.compat.v1 graph and runs them in a Session."""
+    """Builds `build()`'s tensors (one, or a dict) in a fresh tf.compat.v1 graph and runs them
+    in a Session, one fetch at a time in key order: independent collectives of one
+    session.run may start in any order, each holding a thread until its peers arrive."""
     with tf.Graph().as_default():
         fetches = build()
         with tf.compat.v1.Session() as session:
-            return session.run(fetches)
+            if not isinstance(fetches, dict):
+                return session.run(fetches)
+            return {k: session.run(fetches[k]) for k in sorted(fetches)}
 
 
 def check_names_in_any_build_order(n, r):

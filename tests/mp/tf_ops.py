@@ -172,9 +172,9 @@ def check_collectives(n, r):
         v1_case = Case(dtype_name, GRAPH_SIZES, n, r, seed=1000 * j + 700)
         with tf.Graph().as_default():  # tf.compat.v1: build, then run in a Session (twice)
             outputs = v1_case.run(v1_case.inputs())
-            with tf.compat.v1.Session() as session:
-                v1_case.check(session.run(outputs), "graph")
-                v1_case.check(session.run(outputs), "graph (second run)")
+            with tf.compat.v1.Session() as session:  # one collective per run, in key order
+                for mode in ("graph", "graph (second run)"):
+                    v1_case.check({k: session.run(outputs[k]) for k in sorted(outputs)}, mode)
 
 
 def check_compression_and_sparse(n, r):
