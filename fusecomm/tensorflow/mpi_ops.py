@@ -271,7 +271,9 @@ def _item_gradients(item, xs, ys, dys, name):
         return [averaged[start:start + rows[0]]]
     if item.op_type == BROADCAST:
         averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)
-        return [averaged if rank() == a["root"] else tf.zeros_like(averaged)]
+        # Times zero, not zeros_like: in a graph, zeros_like of a known shape would not run
+        # the collective on this rank, and the others would wait for it (Horovod's way too).
+        return [averaged if rank() == a["root"] else averaged * tf.constant(0, dy.dtype)]
     if item.op_type == REDUCESCATTER:
         if a["op"] == Sum:
             dy = dy * tf.constant(_process_set_size(ps), dy.dtype)
