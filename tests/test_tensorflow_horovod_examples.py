@@ -10,7 +10,10 @@ from conftest import run_ranks
 
 pytest.importorskip("tensorflow")
 
-ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "FUSECOMM_CYCLE_TIME_MS": "5"}
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "FUSECOMM_CYCLE_TIME_MS": "5",
+       # MPI_Finalize's watchdog waits this long too: on a loaded machine, the exit of ranks that
+       # restarted the engine several times has taken over the default 15 s.
+       "FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "60"}
 
 
 @pytest.mark.parametrize("ranks", [2, 3])

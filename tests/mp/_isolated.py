@@ -14,6 +14,8 @@ import fusecomm
 def run_isolated(checks, settings):
     """Runs every check (a function of no arguments) on every rank. Returns {check name:
     {rank: traceback}} for the checks that failed somewhere, the same on every rank."""
+    fusecomm.shutdown()  # the settings (the stall limit above all) apply from the start
+    fusecomm.init(**settings)
     failed = {}
     for check in checks:
         name = check.__name__

@@ -35,7 +35,6 @@ dataset = tf.data.Dataset.from_tensor_slices(
 dataset = dataset.repeat().shuffle(10000).batch(32)
 
 mnist_model = tf.keras.Sequential([
-    tf.keras.layers.Input((28, 28, 1)),
     tf.keras.layers.Conv2D(8, [3, 3], activation='relu'),
     tf.keras.layers.MaxPooling2D(pool_size=(2, 2)),
     tf.keras.layers.Dropout(0.25),
