@@ -39,7 +39,7 @@ def test_tensorflow2_keras_mnist_and_resume(ranks, tmp_path):
         losses = [float(v) for v in losses.split(",")]
         assert losses[-1] < losses[0], losses
         assert optimizer == "_DistributedOptimizer", optimizer
-        assert int(iterations) == 4 * (96 // ranks), iterations
+        assert int(iterations) == 4 * (48 // ranks), iterations
         assert int(same) == ranks, out[-3000:]
     # MetricAverageCallback: every rank logged the same (averaged) losses.
     assert len({line[1] for line in lines}) == 1, lines

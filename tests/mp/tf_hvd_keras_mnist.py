@@ -86,15 +86,16 @@ verbose = 1 if hvd.rank() == 0 else 0
 
 # Train the model.
 # Horovod: adjust number of steps based on number of GPUs.
-history = mnist_model.fit(dataset, steps_per_epoch=96 // hvd.size(), callbacks=callbacks,
+history = mnist_model.fit(dataset, steps_per_epoch=48 // hvd.size(), callbacks=callbacks,
                           epochs=3, verbose=verbose)
 
 # Resume from the last checkpoint (Horovod's keras_imagenet_resnet50.py way): load_model keeps
 # the optimizer distributed, with its state.
-hvd.barrier()
-resume_from = os.path.join(checkpoint_dir, 'checkpoint-3.keras')
+# Horovod: rank 0 names the checkpoint (once written: this waits for it) for every rank.
+resume_from = hvd.broadcast_object(
+    os.path.join(checkpoint_dir, 'checkpoint-3.keras') if hvd.rank() == 0 else None, root_rank=0)
 resumed = hvd.load_model(resume_from)
-resumed.fit(dataset, steps_per_epoch=96 // hvd.size(),
+resumed.fit(dataset, steps_per_epoch=48 // hvd.size(),
             callbacks=[hvd.callbacks.MetricAverageCallback()], epochs=4, initial_epoch=3,
             verbose=verbose)
 weights = np.concatenate([np.ravel(v.numpy()) for v in resumed.weights]).tobytes()
