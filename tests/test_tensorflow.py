@@ -460,8 +460,10 @@ def test_warmup_on_one_rank_is_the_initial_rate_and_logs_lr():
 def test_alltoall_split_errors_have_horovods_types():
     for call in (lambda: hvd.alltoall(tf.ones([2]), splits=[3]),
                  tf.function(lambda: hvd.alltoall(tf.ones([2]), splits=[3]))):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="sum to"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="split 3 exceeds"):
             call()
+    with pytest.raises(ValueError, match="splits sum to 1"):  # a ValueError too
+        hvd.alltoall(tf.ones([2]), splits=[1])
     with pytest.raises(ValueError, match="integers"):  # Horovod: ValueError, eagerly
         hvd.alltoall(tf.ones([2]), splits=[2.0])
 

@@ -94,6 +94,22 @@ def _as_tensor(value):
     return value if isinstance(value, tf.Tensor) else tf.convert_to_tensor(value)
 
 
+class SplitsTypeError(TypeError, ValueError):
+    """Non-integer alltoall splits. Horovod's TensorFlow op refuses them with a ValueError
+    (eagerly) or a TypeError (while building a graph); this is both."""
+
+    # Exception's own constructor: tf.function's tracing re-raises the error as its type only
+    # for exceptions built from a message alone (otherwise as a StagingError).
+    __init__ = Exception.__init__
+
+
+class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
+    """An eager collective the engine refused (e.g. alltoall splits that do not add up to the
+    rows): tf.errors.InvalidArgumentError, as Horovod's TensorFlow kernels raise, and the
+    ValueError fusecomm's other faces raise. In a graph, TensorFlow raises its own
+    InvalidArgumentError for the same refusal when the graph runs."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches: several collectives submitted together, then waited on together
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +190,13 @@ def _run_numpy(items, names, arrays):
 def _execute_raw(items, inputs, names):
     if tf.executing_eagerly():
         arrays = [_to_numpy(t) for t in inputs]
-        return [_to_tensor(a) for a in _run_numpy(items, names, arrays)]
+        try:
+            results = _run_numpy(items, names, arrays)
+        except ValueError as e:
+            if type(e) is not ValueError:  # NotInitializedError is one too: keep it
+                raise
+            raise InvalidArgumentError(None, None, str(e)) from None
+        return [_to_tensor(a) for a in results]
     _check_graph_context()
     specs = [spec for item in items for spec in item.outputs]
     outputs = tf.numpy_function(lambda *arrays: _run_numpy(items, names, arrays), list(inputs),
@@ -352,45 +374,6 @@ def _reducescatter_item(tensor, op, prescale, postscale, process_set):
                  prescale=prescale, postscale=postscale, process_set=process_set)
 
 
-class SplitsTypeError(TypeError, ValueError):
-    """Non-integer alltoall splits. Horovod's TensorFlow op refuses them with a ValueError
-    (eagerly) or a TypeError (while building a graph); this is both."""
-
-    # Exception's own constructor: tf.function's tracing re-raises the error as its type only
-    # for exceptions built from a message alone (otherwise as a StagingError).
-    __init__ = Exception.__init__
-
-
-class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
-    """A bad argument found before submission: tf.errors.InvalidArgumentError, as Horovod's
-    TensorFlow kernels raise, and a ValueError, as fusecomm's other faces raise. Built as
-    TensorFlow's own (node_def, op, message), so that errors while tracing keep the type."""
-
-
-def _check_alltoall_rows(tensor, splits, n):
-    """Horovod's errors for rows that do not split, when the values are known now (eagerly or
-    constants); otherwise the engine raises the same at run time (InvalidArgumentError from
-    the graph's function)."""
-    rows = tensor.shape[0] if tensor.shape.rank else None
-    if rows is None:
-        return
-    if splits is None:
-        if rows % n:
-            raise InvalidArgumentError(None, None, f"alltoall without splits needs the first "
-                                       f"dimension ({rows}) to divide by the number of ranks ({n})")
-        return
-    values = tf.get_static_value(splits)
-    if values is None:
-        return
-    values = [int(v) for v in values]
-    if len(values) != n:
-        raise InvalidArgumentError(None, None, f"alltoall splits has {len(values)} entries; "
-                                   f"expected one per rank ({n})")
-    if any(v < 0 for v in values) or sum(values) != rows:
-        raise InvalidArgumentError(None, None, f"alltoall splits {values} must be non-negative "
-                                   f"and sum to the first dimension ({rows})")
-
-
 def _alltoall_item(tensor, splits, process_set):
     _check_rows(tensor, "alltoall")
     inputs = [tensor]
@@ -401,7 +384,6 @@ def _alltoall_item(tensor, splits, process_set):
         if splits.shape.rank is not None and splits.shape.rank != 1:
             raise ValueError("splits must be a 1-D sequence of integers")
         inputs.append(splits)
-    _check_alltoall_rows(tensor, splits, _process_set_size(process_set))
     n = _process_set_size(process_set)
 
     def submit(arrays, name):
