@@ -9,8 +9,8 @@ and adopts its aligned outputs. py_function was the alternative: it hands over E
 each value costs a copy each way (a 64 MB all-reduce on 2 ranks took ~2.3x the NumPy API's
 time that way, ~1.1x this way; `benchmarks/keras_training.py` prints the table).
 
-Every op is differentiable (tf.custom_gradient); the gradients are those of the sum of all ranks'
-losses, which is what data-parallel training averages (see _item_gradients).
+Every op is differentiable (tf.custom_gradient), with Horovod's TensorFlow gradient rules (see
+_item_gradients), and works in a tf.compat.v1 graph too (docs/horovod_compat_tf.md).
 """
 import re
 import weakref
