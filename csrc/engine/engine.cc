@@ -112,6 +112,8 @@ bool Engine::initialized() {
 
 bool Engine::stopped() {
   std::lock_guard<std::mutex> lock(mutex_);
+  // Not after a peer died (transport aborted): a new start would wait for it forever.
+  if (TransportAborted()) return false;
   auto it = process_sets_.find(0);
   return initialized_ && it != process_sets_.end() && it->second.worker &&
          it->second.worker->stopped();
