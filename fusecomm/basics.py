@@ -1,8 +1,10 @@
 """Start-up, shutdown, ranks and process sets: the part of the API shared by every frontend."""
 import atexit
 import os
+import re
 
 from fusecomm import _core, _engine
+from fusecomm.runner import rank_wrapper
 
 # init() keyword -> environment variable read by the engine (csrc/common/config.cc).
 _SETTINGS = {
@@ -16,9 +18,11 @@ _SETTINGS = {
     "stall_shutdown_seconds": "FUSECOMM_STALL_SHUTDOWN_SECONDS",
     "log_level": "FUSECOMM_LOG_LEVEL",
     "liveness_timeout_seconds": "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
+    "init_timeout_seconds": "FUSECOMM_INIT_TIMEOUT_SECONDS",
     "calibration_file": "FUSECOMM_CALIBRATION_FILE",
     "timeline": "FUSECOMM_TIMELINE",
     "gpu_transport": "FUSECOMM_GPU_TRANSPORT",
+    "deadlock_seconds": "FUSECOMM_DEADLOCK_SECONDS",
 }
 
 _atexit_registered = False
@@ -133,7 +137,11 @@ def init(comm=None, process_sets=None, **settings):
         # The engine stopped by itself (stall shutdown): init() starts it again, as Horovod's
         # does after shutdown(); what was pending there has failed already.
         shutdown()
-    _core.init(comm_address, ranks)
+    try:
+        _core.init(comm_address, ranks)
+    except ValueError as e:
+        _report_failing_peer(str(e))
+        raise
     if not _atexit_registered:
         # Registered after any mpi4py import, so it runs before mpi4py finalizes MPI.
         atexit.register(_shutdown_at_exit)
@@ -156,7 +164,19 @@ def shutdown(_at_exit=False):
     _engine.forget_all_handles()
 
 
+def _report_failing_peer(init_error):
+    """When init() failed only because of other ranks (their ranks lead the message), tells
+    `fusecomm run`, so that it names them and not this rank."""
+    failing = re.findall(r"(?:^init\(\) failed on |; )rank (\d+): ", init_error)
+    mine = rank_wrapper.rank_id()
+    if failing and mine not in failing:
+        rank_wrapper.report_caused_by(failing[0])
+
+
 def _shutdown_at_exit():
+    # Before shutdown tells the peers this rank leaves: `fusecomm run` then knows this rank's
+    # failure (if the exit is one) came before theirs.
+    rank_wrapper.report_exit_started()
     try:
         shutdown(_at_exit=True)
     finally:

@@ -24,7 +24,7 @@ AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorit
     algorithm = ResolveAutoAllreduce(topo, count * DataTypeSize(dtype), dtype);
   }
   Comm& comm = *topo.global;
-  if (algorithm == AllreduceAlgorithm::kNative && !comm.NativeReductionSupports(dtype)) {
+  if (algorithm == AllreduceAlgorithm::kNative && !comm.NativeReductionSupports(dtype, op)) {
     algorithm = AllreduceAlgorithm::kRing;
   }
   switch (algorithm) {

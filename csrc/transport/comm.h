@@ -55,10 +55,12 @@ class Comm {
   // comm. color < 0 means "not a member": returns nullptr on that rank.
   virtual std::unique_ptr<Comm> Split(int color, int key) = 0;
 
-  // Whether NativeAllreduce/NativeReduceScatterv can reduce `dtype` (NCCL has no 16-bit
-  // integers); where not, the engine runs its own algorithms over point-to-point instead.
-  virtual bool NativeReductionSupports(DataType dtype) const {
+  // Whether NativeAllreduce/NativeReduceScatterv can reduce `dtype` with `op` as the engine's
+  // own kernels do (NCCL has no 16-bit integers, and its float Min/Max drop NaN); where not,
+  // the engine runs its own algorithms over point-to-point instead.
+  virtual bool NativeReductionSupports(DataType dtype, ReduceOp op) const {
     (void)dtype;
+    (void)op;
     return true;
   }
   // Native collectives (in-place unless stated).
