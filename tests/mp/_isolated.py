@@ -2,8 +2,9 @@
 wreck the next ones (Horovod test suites are written that way: one assertion per test method,
 and the next test expects a clean start).
 
-A rank that fails early never submits the collectives its peers wait on; the engine's stall
-shutdown (FUSECOMM_STALL_SHUTDOWN_SECONDS, given in `settings`) fails those waits on every rank.
+A rank that fails early never submits the collectives its peers wait on; the engine's deadlock
+detector (every rank blocked) or its stall shutdown (stall_shutdown_seconds, given in
+`settings`) fails those waits on every rank.
 After any failure every rank restarts fusecomm (shutdown() and init(), as Horovod's tests do),
 so the unnamed-collective counters, process sets and pending names start afresh."""
 import traceback
