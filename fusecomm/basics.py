@@ -133,6 +133,10 @@ def init(comm=None, process_sets=None, **settings):
                 ranks = [_engine.check_int(r, "rank") for r in comm]
             except TypeError:
                 raise TypeError("init(comm=...) takes an mpi4py communicator or a list of ranks") from None
+    if _core.stopped():
+        # The engine stopped by itself (stall shutdown): init() starts it again, as Horovod's
+        # does after shutdown(); what was pending there has failed already.
+        shutdown()
     try:
         _core.init(comm_address, ranks)
     except ValueError as e:

@@ -100,6 +100,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("at_exit") = false, py::call_guard<py::gil_scoped_release>());
   m.def("finalize_mpi", &FinalizeMpiIfOwned, py::call_guard<py::gil_scoped_release>());
   m.def("is_initialized", [] { return Engine::Get().initialized(); });
+  m.def("stopped", [] { return Engine::Get().stopped(); });
   m.def("rank", [] { return Engine::Get().rank(); });
   m.def("size", [] { return Engine::Get().size(); });
   m.def("local_rank", [] { return Engine::Get().local_rank(); });

@@ -33,19 +33,22 @@ remove_process_set Average Sum Adasum Min Max Product Compression allreduce grou
 allgather grouped_allgather broadcast broadcast_ alltoall reducescatter grouped_reducescatter join
 barrier broadcast_variables broadcast_object allgather_object DistributedGradientTape
 DistributedOptimizer size_op rank_op local_size_op local_rank_op process_set_included_op
-HorovodInternalError""".split()
+HorovodInternalError broadcast_global_variables BroadcastGlobalVariablesHook
+PartialDistributedGradientTape start_timeline stop_timeline""".split()
 
 HOROVOD_KERAS_NAMES = """init shutdown is_initialized size local_size cross_size rank local_rank
 cross_rank mpi_built nccl_built Average Sum Compression ProcessSet global_process_set
 add_process_set remove_process_set DistributedOptimizer allreduce allgather broadcast
-reducescatter broadcast_object allgather_object callbacks""".split()
+reducescatter broadcast_object allgather_object callbacks load_model start_timeline
+stop_timeline""".split()
 
 
 def test_horovod_names_exist():
     assert [n for n in HOROVOD_TF_NAMES if not hasattr(hvd, n)] == []
     assert [n for n in HOROVOD_KERAS_NAMES if not hasattr(hvd_keras, n)] == []
     for name in ("BroadcastGlobalVariablesCallback", "MetricAverageCallback",
-                 "LearningRateWarmupCallback", "LearningRateScheduleCallback"):
+                 "LearningRateWarmupCallback", "LearningRateScheduleCallback",
+                 "BestModelCheckpoint"):
         assert issubclass(getattr(hvd_keras.callbacks, name), keras.callbacks.Callback)
 
 
@@ -63,7 +66,7 @@ def test_signatures_follow_horovod():
         "gradtape": inspect.Parameter.empty, "device_dense": "", "device_sparse": "",
         "compression": none, "sparse_as_dense": False, "op": hvd.Average,
         "gradient_predivide_factor": 1.0, "num_groups": 0, "groups": None,
-        "process_set": hvd.global_process_set}
+        "process_set": hvd.global_process_set, "scale_local_gradients": True}
     assert defaults(hvd_keras.DistributedOptimizer) == {
         "optimizer": inspect.Parameter.empty, "name": None, "device_dense": "",
         "device_sparse": "", "compression": none, "sparse_as_dense": False,
@@ -449,3 +452,95 @@ def test_warmup_on_one_rank_is_the_initial_rate_and_logs_lr():
     logs = {}
     cb.on_epoch_end(0, logs)
     assert np.isclose(logs["lr"], 0.3)
+
+
+# --- Horovod API added for ported scripts ------------------------------------------------------
+
+
+def test_alltoall_split_errors_have_horovods_types():
+    for call in (lambda: hvd.alltoall(tf.ones([2]), splits=[3]),
+                 tf.function(lambda: hvd.alltoall(tf.ones([2]), splits=[3]))):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="split 3 exceeds"):
+            call()
+    with pytest.raises(ValueError, match="splits sum to 1"):  # a ValueError too
+        hvd.alltoall(tf.ones([2]), splits=[1])
+    with pytest.raises(ValueError, match="integers"):  # Horovod: ValueError, eagerly
+        hvd.alltoall(tf.ones([2]), splits=[2.0])
+
+
+def test_broadcast_global_variables_is_graph_only():
+    with pytest.raises(RuntimeError, match="eager"):
+        hvd.broadcast_global_variables(0)
+    with tf.Graph().as_default():
+        v = tf.compat.v1.get_variable("v", initializer=[1.0, 2.0])
+        op = hvd.broadcast_global_variables(0)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            session.run(op)
+            assert session.run(v).tolist() == [1.0, 2.0]
+
+
+class _MySGD(keras.optimizers.SGD):
+    pass
+
+
+def test_load_model_wraps_saved_optimizers_with_their_state(tmp_path):
+    for optimizer, custom in ((keras.optimizers.Adam(0.01), None), (_MySGD(0.1, momentum=0.5),
+                                                                   [_MySGD])):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=hvd_keras.DistributedOptimizer(optimizer), loss="mse")
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), batch_size=2, verbose=0)
+        path = str(tmp_path / f"{type(optimizer).__name__}.keras")
+        model.save(path)
+        plain = keras.models.load_model(path, custom_objects={"_MySGD": _MySGD})
+        assert not isinstance(plain.optimizer, hvd_keras._DistributedOptimizer)
+        resumed = hvd_keras.load_model(path, custom_optimizers=custom,
+                                       compression=hvd.Compression.fp16)
+        assert isinstance(resumed.optimizer, hvd_keras._DistributedOptimizer)
+        assert isinstance(resumed.optimizer, type(optimizer))
+        assert resumed.optimizer._fc_reducer.compression is hvd.Compression.fp16
+        assert int(resumed.optimizer.iterations.numpy()) == 2
+        for a, b in zip(model.optimizer.variables, resumed.optimizer.variables):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), a.name
+        resumed.fit(np.ones((4, 3)), np.ones((4, 2)), batch_size=2, verbose=0)
+        assert int(resumed.optimizer.iterations.numpy()) == 4
+
+
+def test_best_model_checkpoint_needs_its_filepath_then_keeps_the_best(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.01)),
+                  loss="mse")
+    data = (np.ones((8, 3)), np.ones((8, 1)))
+    unset = hvd_keras.callbacks.BestModelCheckpoint(monitor="loss")
+    with pytest.raises(ValueError, match="filepath"):
+        model.fit(*data, verbose=0, callbacks=[unset])
+    best = hvd_keras.callbacks.BestModelCheckpoint(monitor="loss", mode="min")
+    best.filepath = str(tmp_path / "best.keras")
+    assert best.save_best_only and not best.save_weights_only
+    model.fit(*data, epochs=3, verbose=0, callbacks=[best])
+    assert (tmp_path / "best.keras").exists()
+    assert best.best < np.inf
+
+
+def test_keras_face_writes_a_timeline(tmp_path):
+    import json
+
+    path = tmp_path / "timeline.json"
+    hvd_keras.start_timeline(str(path))
+    hvd_keras.allreduce([1.0, 2.0], name="timeline.tensor")
+    hvd_keras.stop_timeline()
+    events = json.loads(path.read_text())
+    assert any("timeline.tensor" in json.dumps(e) for e in events)
+
+
+def test_partial_tape_on_one_rank_scales_nothing_it_should_not():
+    local = keras.layers.Dense(1, kernel_initializer="ones")
+    shared = keras.layers.Dense(1, kernel_initializer="ones")
+    x = tf.ones([2, 2])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(local(x) + shared(x))
+    tape = hvd.PartialDistributedGradientTape(tape, local_layers=local)
+    grads = tape.gradient(loss, local.trainable_weights + shared.trainable_weights)
+    assert [g.numpy().tolist() for g in grads] == [[[2.0], [2.0]], [2.0], [[2.0], [2.0]], [2.0]]
+    with pytest.raises(ValueError, match="tf.keras.layers.Layer"):
+        hvd.PartialDistributedGradientTape(tf.GradientTape(), local_layers=[object()])

@@ -165,6 +165,15 @@ bool Engine::initialized() {
   return initialized_;
 }
 
+bool Engine::stopped() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Not after a peer died (transport aborted): a new start would wait for it forever.
+  if (TransportAborted()) return false;
+  auto it = process_sets_.find(0);
+  return initialized_ && it != process_sets_.end() && it->second.worker &&
+         it->second.worker->stopped();
+}
+
 void Engine::CheckInitialized() {
   if (!initialized_) {
     throw NotInitialized("fusecomm has not been initialized; call init() first");

@@ -38,6 +38,9 @@ class Engine {
   // at_exit: the process is exiting (peers are told so).
   void Shutdown(bool at_exit = false);
   bool initialized();
+  // Initialized, but the global set's worker has stopped by itself (a stall shutdown) while
+  // every peer is alive: every call fails until init() starts the engine again.
+  bool stopped();
 
   int rank();
   int size();

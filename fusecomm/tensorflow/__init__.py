@@ -9,11 +9,15 @@ from fusecomm.basics import (ProcessSet, add_process_set, ccl_built, cross_rank,
                              cuda_built, ddl_built, global_process_set, gloo_built, gloo_enabled,
                              init, is_homogeneous, is_initialized, local_rank, local_size,
                              mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank,
-                             remove_process_set, rocm_built, shutdown, size)
+                             remove_process_set, rocm_built, shutdown, size, start_timeline,
+                             stop_timeline)
 from fusecomm.exceptions import CollectiveError, HorovodInternalError, NotInitializedError
 from fusecomm.tensorflow.compression import Compression
-from fusecomm.tensorflow.functions import allgather_object, broadcast_object, broadcast_variables
-from fusecomm.tensorflow.gradient_tape import DistributedGradientTape
+from fusecomm.tensorflow.functions import (BroadcastGlobalVariablesHook, allgather_object,
+                                           broadcast_global_variables, broadcast_object,
+                                           broadcast_variables)
+from fusecomm.tensorflow.gradient_tape import (DistributedGradientTape,
+                                               PartialDistributedGradientTape)
 from fusecomm.tensorflow.mpi_ops import (allgather, allreduce, alltoall, barrier, broadcast,
                                          broadcast_, grouped_allgather, grouped_allreduce,
                                          grouped_reducescatter, join, local_rank_op,

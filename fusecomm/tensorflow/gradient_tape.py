@@ -107,9 +107,11 @@ class _DistributedGradientTape(tf.GradientTape):
     gradients reduced across ranks. The wrapped tape's state is never copied, so it does not
     matter whether it is wrapped inside or after its `with` block."""
 
-    def __init__(self, tape, reducer):  # pylint: disable=super-init-not-called
+    def __init__(self, tape, reducer, scale_local_gradients=True):  # pylint: disable=super-init-not-called
         self._fc_tape = tape
         self._fc_reducer = reducer
+        self._fc_scale_local = bool(scale_local_gradients)
+        self._fc_local_sources = set()  # refs of variables whose gradients stay on this rank
 
     def __enter__(self):
         self._fc_tape.__enter__()
@@ -143,18 +145,42 @@ class _DistributedGradientTape(tf.GradientTape):
     def batch_jacobian(self, *args, **kwargs):
         return self._fc_tape.batch_jacobian(*args, **kwargs)
 
+    def register_local_source(self, source):
+        """Horovod's: the gradient of `source` (a variable) is not reduced across ranks; with
+        scale_local_gradients (the default) it is divided by the process set's size, so that it
+        has the scale of the averaged gradients around it."""
+        self._fc_local_sources.add(_unwrap(source).ref())
+
     def gradient(self, target, sources, output_gradients=None,
                  unconnected_gradients=tf.UnconnectedGradients.NONE):
         grads = self._fc_tape.gradient(target, sources, output_gradients, unconnected_gradients)
-        flat_grads = tf.nest.flatten(grads)
-        reduced = self._fc_reducer(flat_grads, tf.nest.flatten(sources))
+        flat_grads, flat_sources = tf.nest.flatten(grads), tf.nest.flatten(sources)
+        local = [_unwrap(s).ref() in self._fc_local_sources if hasattr(_unwrap(s), "ref")
+                 else False for s in flat_sources]
+        shared = [i for i, is_local in enumerate(local) if not is_local]
+        reduced = list(flat_grads)
+        for i, g in zip(shared, self._fc_reducer([flat_grads[i] for i in shared],
+                                                 [flat_sources[i] for i in shared])):
+            reduced[i] = g
+        if self._fc_scale_local and any(local):
+            n = self._fc_reducer.process_set.size()
+            reduced = [_divided(g, n) if is_local else g for g, is_local in zip(reduced, local)]
         return tf.nest.pack_sequence_as(grads, reduced)
+
+
+def _divided(grad, n):
+    if grad is None:
+        return None
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values / tf.cast(n, grad.values.dtype), grad.indices,
+                                grad.dense_shape)
+    return grad / tf.cast(n, grad.dtype)
 
 
 def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
                             compression=Compression.none, sparse_as_dense=False, op=Average,
                             gradient_predivide_factor=1.0, num_groups=0, groups=None,
-                            process_set=global_process_set):
+                            process_set=global_process_set, scale_local_gradients=True):
     """A tape whose gradient() returns the gradients combined across the process set (default:
     averaged). All gradients of a call travel as one fused batch.
 
@@ -169,6 +195,8 @@ def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
     num_groups: deprecated spelling of an integer `groups`.
     device_dense, device_sparse: TF devices for the casts around the transfer.
     process_set: the ranks to reduce over.
+    scale_local_gradients: divide the gradients of sources registered with
+        register_local_source() (which are not reduced) by the process set's size.
     """
     if not isinstance(gradtape, tf.GradientTape):
         raise TypeError(f"DistributedGradientTape wraps a tf.GradientTape, not "
@@ -177,4 +205,29 @@ def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
     reducer = GradientReducer("DistributedGradientTape", compression, sparse_as_dense, op,
                               gradient_predivide_factor, groups, process_set, device_dense,
                               device_sparse)
-    return _DistributedGradientTape(gradtape, reducer)
+    return _DistributedGradientTape(gradtape, reducer, scale_local_gradients)
+
+
+def PartialDistributedGradientTape(gradtape, device_dense="", device_sparse="",
+                                   compression=Compression.none, sparse_as_dense=False,
+                                   op=Average, gradient_predivide_factor=1.0, num_groups=0,
+                                   groups=None, process_set=global_process_set,
+                                   local_layers=None, scale_local_gradients=True):
+    """A DistributedGradientTape that leaves the gradients of `local_layers` (Keras layers, or
+    one layer) unreduced: each rank keeps its own (scaled by 1/size with
+    scale_local_gradients, as in Horovod). The other arguments are DistributedGradientTape's."""
+    import keras
+
+    if local_layers is None:
+        local_layers = []
+    elif isinstance(local_layers, keras.layers.Layer):
+        local_layers = [local_layers]
+    elif not all(isinstance(layer, keras.layers.Layer) for layer in local_layers):
+        raise ValueError("All local layers must be of tf.keras.layers.Layer type.")
+    tape = DistributedGradientTape(gradtape, device_dense, device_sparse, compression,
+                                   sparse_as_dense, op, gradient_predivide_factor, num_groups,
+                                   groups, process_set, scale_local_gradients)
+    for layer in local_layers:
+        for variable in layer.trainable_weights:
+            tape.register_local_source(variable)
+    return tape

@@ -9,9 +9,12 @@ and adopts its aligned outputs. py_function was the alternative: it hands over E
 each value costs a copy each way (a 64 MB all-reduce on 2 ranks took ~2.3x the NumPy API's
 time that way, ~1.1x this way; `benchmarks/keras_training.py` prints the table).
 
-Every op is differentiable (tf.custom_gradient); the gradients are those of the sum of all ranks'
-losses, which is what data-parallel training averages (see _item_gradients).
+Every op is differentiable (tf.custom_gradient), with Horovod's TensorFlow gradient rules (see
+_item_gradients), and works in a tf.compat.v1 graph too (docs/horovod_compat_tf.md).
 """
+import re
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -91,6 +94,22 @@ def _as_tensor(value):
     return value if isinstance(value, tf.Tensor) else tf.convert_to_tensor(value)
 
 
+class SplitsTypeError(TypeError, ValueError):
+    """Non-integer alltoall splits. Horovod's TensorFlow op refuses them with a ValueError
+    (eagerly) or a TypeError (while building a graph); this is both."""
+
+    # Exception's own constructor: tf.function's tracing re-raises the error as its type only
+    # for exceptions built from a message alone (otherwise as a StagingError).
+    __init__ = Exception.__init__
+
+
+class InvalidArgumentError(tf.errors.InvalidArgumentError, ValueError):
+    """An eager collective the engine refused (e.g. alltoall splits that do not add up to the
+    rows): tf.errors.InvalidArgumentError, as Horovod's TensorFlow kernels raise, and the
+    ValueError fusecomm's other faces raise. In a graph, TensorFlow raises its own
+    InvalidArgumentError for the same refusal when the graph runs."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches: several collectives submitted together, then waited on together
 # ---------------------------------------------------------------------------------------------
@@ -108,19 +127,42 @@ class _Item:
         self.attrs = attrs  # what the gradient needs: op, scales, root, process set
 
 
-def _graph_name(default):
-    # Unique inside the graph being traced and the same on every rank that traces the same code,
-    # so the engine's response cache recognises it on every step (and across retraces).
-    with tf.name_scope(default) as scope:
-        return "tf." + scope.rstrip("/")
+_graph_names = weakref.WeakKeyDictionary()  # graph -> {base name: times used}
+
+
+def _graph_name(base):
+    """`base`, made unique inside the graph being built by _1, _2... in the order of use. The
+    graph's current name scope is left out: it depends on what built the op (tf.gradients
+    opens gradients, gradients_1, ... in call order), and the base already names the op's
+    input with its scopes. A retrace starts afresh, so names recur across traces and the
+    engine's response cache recognises them on every step."""
+    used = _graph_names.setdefault(tf.compat.v1.get_default_graph(), {})
+    count = used.get(base, 0)
+    used[base] = count + 1
+    return "tf." + (base if count == 0 else f"{base}_{count}")
+
+
+def _normalize_name(name):
+    return re.sub("[^a-zA-Z0-9_]", "_", name)
+
+
+def _default_graph_name(items):
+    """Horovod's rule: a graph collective is named after its operation and its input tensors'
+    graph names, not after the order in which the graph was built, so ranks that build the same
+    ops in different orders (or through different code paths, e.g. tf.gradients) still agree."""
+    inputs = [item.inputs[0] for item in items]
+    tensors = inputs[:1] if len(inputs) == 1 else [inputs[0], inputs[-1]]
+    label = "_".join(_normalize_name(getattr(t, "name", "") or "tensor") for t in tensors)
+    return _graph_name(f"{OP_NAMES[items[0].op_type]}_{label}")
 
 
 def _batch_names(items, name):
-    """The engine names of a batch, or None to draw them from the eager counter on every run."""
+    """The engine names of a batch, or None to draw them from the per-process-set counter on
+    every run (eager calls, whose tensors have no graph names)."""
     if name is None:
         if tf.executing_eagerly():
             return None
-        name = _graph_name(OP_NAMES[items[0].op_type])
+        name = _default_graph_name(items)
     if len(items) == 1:
         return [name]
     return [f"{name}.{i}" for i in range(len(items))]
@@ -148,7 +190,13 @@ def _run_numpy(items, names, arrays):
 def _execute_raw(items, inputs, names):
     if tf.executing_eagerly():
         arrays = [_to_numpy(t) for t in inputs]
-        return [_to_tensor(a) for a in _run_numpy(items, names, arrays)]
+        try:
+            results = _run_numpy(items, names, arrays)
+        except ValueError as e:
+            if type(e) is not ValueError:  # NotInitializedError is one too: keep it
+                raise
+            raise InvalidArgumentError(None, None, str(e)) from None
+        return [_to_tensor(a) for a in results]
     _check_graph_context()
     specs = [spec for item in items for spec in item.outputs]
     outputs = tf.numpy_function(lambda *arrays: _run_numpy(items, names, arrays), list(inputs),
@@ -183,7 +231,7 @@ def _execute(items, name=None, differentiable=True):
         ys = _execute_raw(items, xs, names)
 
         def backward(*dys):
-            return _batch_gradients(items, xs, ys, dys)
+            return _batch_gradients(items, xs, ys, dys, names)
 
         return ys, backward
 
@@ -191,25 +239,39 @@ def _execute(items, name=None, differentiable=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Gradients: of the sum over ranks of every rank's loss. DistributedGradientTape then averages
-# the parameter gradients, which makes the whole the gradient of the mean loss.
+# Gradients: Horovod 0.28.1's TensorFlow rules (horovod/tensorflow/mpi_ops.py), so that code
+# ported from Horovod trains the same: allreduce's gradient is the same allreduce of the
+# incoming gradients; allgather and broadcast AVERAGE the incoming gradients over the ranks
+# (then take this rank's rows / keep them on the root); reducescatter all-gathers them (times the
+# set's size for Sum); alltoall sends them back. docs/horovod_compat_tf.md has the table.
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_gradients(items, xs, ys, dys):
+def _gradient_name(forward_name):
+    """In a graph, a backward collective is named after its forward one, whatever built it
+    (tf.gradients in any order, a tape, a function's backward graph): the same on every rank.
+    Eagerly (forward_name None) the per-process-set counters name it, as every eager call."""
+    if forward_name is None:
+        return lambda suffix: None
+    base = _graph_name(forward_name.removeprefix("tf.") + ".grad")
+    return lambda suffix: f"{base}.{suffix}"
+
+
+def _batch_gradients(items, xs, ys, dys, names):
     grads, position, out = [], 0, 0
-    for item in items:
+    for i, item in enumerate(items):
         n_in, n_out = len(item.inputs), len(item.outputs)
         item_dys = [dy if dy is not None else tf.zeros_like(y)
                     for dy, y in zip(dys[out:out + n_out], ys[out:out + n_out])]
+        name = _gradient_name(None if names is None else names[i])
         grads.extend(_item_gradients(item, xs[position:position + n_in], ys[out:out + n_out],
-                                     item_dys))
+                                     item_dys, name))
         position += n_in
         out += n_out
     return grads
 
 
-def _item_gradients(item, xs, ys, dys):
+def _item_gradients(item, xs, ys, dys, name):
     if not xs[0].dtype.is_floating:
         return [None] * len(xs)
     a, dy = item.attrs, dys[0]
@@ -218,25 +280,29 @@ def _item_gradients(item, xs, ys, dys):
         raise NotImplementedError(f"fusecomm has no gradient for {OP_NAMES[item.op_type]} with "
                                   "op=Min/Max/Product; use Sum or Average")
     if item.op_type == ALLREDUCE:
-        # y = post * op(pre * x) on every rank: dx = post * pre * op(dy) (Average keeps its 1/n).
         return [allreduce(dy, op=a["op"], prescale_factor=a["prescale"],
-                          postscale_factor=a["postscale"], process_set=ps)]
+                          postscale_factor=a["postscale"], name=name("allreduce"),
+                          process_set=ps)]
     if item.op_type == ALLGATHER:
-        # Every rank's output holds this rank's rows: their gradients add up, then our slice.
-        total = allreduce(dy, op=Sum, process_set=ps)
+        # One batch (one graph op): two independent collectives in a tf.compat.v1 graph may
+        # run in either order, and each holds a thread until its peers arrive.
         rows = tf.shape(xs[0], out_type=tf.int64)[:1]
-        offsets = tf.cumsum(allgather(rows, process_set=ps), exclusive=True)
-        start = offsets[ps.rank()]
-        return [total[start:start + rows[0]]]
+        averaged, all_rows = _execute([_allreduce_item(dy, Average, 1.0, 1.0, ps),
+                                       _allgather_item(rows, ps)], name("allgather"), False)
+        start = tf.cumsum(all_rows, exclusive=True)[ps.rank()]
+        return [averaged[start:start + rows[0]]]
     if item.op_type == BROADCAST:
-        total = allreduce(dy, op=Sum, process_set=ps)
-        return [total if rank() == a["root"] else tf.zeros_like(total)]
+        averaged = allreduce(dy, op=Average, name=name("allreduce"), process_set=ps)
+        # Times zero, not zeros_like: in a graph, zeros_like of a known shape would not run
+        # the collective on this rank, and the others would wait for it (Horovod's way too).
+        return [averaged if rank() == a["root"] else averaged * tf.constant(0, dy.dtype)]
     if item.op_type == REDUCESCATTER:
-        scale = a["prescale"] * a["postscale"] / (ps.size() if a["op"] == Average else 1)
-        return [allgather(dy, process_set=ps) * tf.constant(scale, dy.dtype)]
+        if a["op"] == Sum:
+            dy = dy * tf.constant(_process_set_size(ps), dy.dtype)
+        return [allgather(dy, name=name("allgather"), process_set=ps)]
     if item.op_type == ALLTOALL:
         # Rows went out by `splits` and came back by the received splits: send gradients back.
-        back, _ = alltoall(dy, splits=ys[1], process_set=ps)
+        back, _ = alltoall(dy, splits=ys[1], name=name("alltoall"), process_set=ps)
         return [back] + [None] * (len(xs) - 1)
     raise AssertionError(f"no gradient rule for {OP_NAMES[item.op_type]}")
 
@@ -314,7 +380,7 @@ def _alltoall_item(tensor, splits, process_set):
     if splits is not None:
         splits = _as_tensor(splits)
         if not splits.dtype.is_integer:
-            raise TypeError(f"splits must be integers, not {splits.dtype.name}")
+            raise SplitsTypeError(f"splits must be integers, not {splits.dtype.name}")
         if splits.shape.rank is not None and splits.shape.rank != 1:
             raise ValueError("splits must be a 1-D sequence of integers")
         inputs.append(splits)
@@ -343,8 +409,12 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
     """Reduces dense tensors and tf.IndexedSlices (None entries pass through) as ONE batch.
 
     Dense tensors are compressed and all-reduced; IndexedSlices are all-gathered (values and
-    indices), which sums them once the update scatters the duplicate indices, as Horovod does."""
+    indices), which sums them once the update scatters the duplicate indices, as Horovod does.
+    Integer IndexedSlices that need scaling (Average, prescale, postscale) are summed densely by
+    the engine instead: its integer rule scales the sum and truncates once, as for dense tensors;
+    scaling each gathered row would truncate before the sum (and 0.5 is no uint8)."""
     n = _process_set_size(process_set)
+    scale = prescale * postscale / (n if op == Average else 1)
     items, plan = [], []
     for tensor in tensors:
         if tensor is None:
@@ -353,6 +423,11 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
             if op not in (Sum, Average):
                 raise NotImplementedError("only Sum and Average are defined for tf.IndexedSlices; "
                                           "use sparse_as_dense=True for other ops")
+            if scale != 1.0 and not tensor.values.dtype.is_floating:
+                items.append(_allreduce_item(tf.convert_to_tensor(tensor), op, prescale,
+                                             postscale, process_set))
+                plan.append(("sparse_dense", tensor))
+                continue
             items += [_allgather_item(tensor.values, process_set),
                       _allgather_item(tensor.indices, process_set)]
             plan.append(("sparse", tensor))
@@ -370,9 +445,12 @@ def reduce_group(tensors, op, prescale, postscale, compression, name, process_se
             results.append(None)
         elif entry[0] == "dense":
             results.append(compression.decompress(next(outputs), entry[1]))
+        elif entry[0] == "sparse_dense":  # every row, as slices of the same dense_shape
+            values, slices = next(outputs), entry[1]
+            rows = tf.range(tf.shape(values, out_type=slices.indices.dtype)[0])
+            results.append(tf.IndexedSlices(values, rows, dense_shape=slices.dense_shape))
         else:
             values, indices = next(outputs), next(outputs)
-            scale = prescale * postscale / (n if op == Average else 1)
             if scale != 1.0:
                 values = values * tf.constant(scale, values.dtype)
             results.append(tf.IndexedSlices(values, indices, dense_shape=entry[1].dense_shape))
@@ -436,9 +514,12 @@ def broadcast_(variables, root_rank, name=None, process_set=global_process_set):
     values."""
     variables = list(variables)
     values = grouped_broadcast(variables, root_rank, name=name, process_set=process_set)
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-    return values
+    assigned = [variable.assign(value) for variable, value in zip(variables, values)]
+    if tf.executing_eagerly() or tf.inside_function():  # tf.function runs the assignments
+        return values
+    # A tf.compat.v1 graph: values that depend on the assignments, so running them assigns.
+    with tf.control_dependencies([a for a in assigned if a is not None]):
+        return [tf.identity(value) for value in values]
 
 
 def reducescatter(tensor, device_dense="", compression=Compression.none, op=Average, name=None,

@@ -17,7 +17,7 @@ from _util import numpy_dtype, rank_data, run_main  # noqa: E402
 import fusecomm  # noqa: E402
 import fusecomm.tensorflow as hvd  # noqa: E402
 
-DTYPES = ["uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bfloat16", "bool"]
+DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bfloat16", "bool"]
 SIZES = [0, 1, 7, 13, 1021]
 GRAPH_SIZES = [0, 1, 13]  # fewer inside tf.function: every new signature is a new trace
 
@@ -169,6 +169,12 @@ def check_collectives(n, r):
         graph_case.check(fn(graph_case.inputs()), "tf.function (second run)")
         assert fn.experimental_get_tracing_count() == 1
         graph_case.check_static_shapes(shapes)
+        v1_case = Case(dtype_name, GRAPH_SIZES, n, r, seed=1000 * j + 700)
+        with tf.Graph().as_default():  # tf.compat.v1: build, then run in a Session (twice)
+            outputs = v1_case.run(v1_case.inputs())
+            with tf.compat.v1.Session() as session:  # one collective per run, in key order
+                for mode in ("graph", "graph (second run)"):
+                    v1_case.check({k: session.run(outputs[k]) for k in sorted(outputs)}, mode)
 
 
 def check_compression_and_sparse(n, r):
@@ -200,6 +206,25 @@ def check_compression_and_sparse(n, r):
             assert_close(tf.convert_to_tensor(out), want, "IndexedSlices allreduce")
             assert_close(out.indices, np.concatenate(indices), "IndexedSlices indices")
 
+    # Integer IndexedSlices: averaged and scaled as dense integers are (the sum, scaled, then
+    # truncated once), not row by row ("Expected uint8, but got 0.5" before).
+    for dtype_name in ("uint8", "int32"):
+        ints = [rank_data(12, q, (q + 1, 2), dtype_name) for q in range(n)]
+        total = np.zeros(dense_shape, np.float64)
+        for v, i in zip(ints, indices):
+            np.add.at(total, i, v)
+        for op, pre, post, want in ((hvd.Average, 1.0, 1.0, np.trunc(total / n)),
+                                    (hvd.Sum, 3.0, 0.5, np.trunc(total * 1.5)),
+                                    (hvd.Sum, 1.0, 1.0, total)):
+            for mode, fn in (("eager", hvd.allreduce), ("tf.function", tf.function(hvd.allreduce))):
+                out = fn(tf.IndexedSlices(tf.constant(ints[r]), tf.constant(indices[r]),
+                                          tf.constant(dense_shape, tf.int64)), op=op,
+                         prescale_factor=pre, postscale_factor=post)
+                what = f"{mode} {dtype_name} IndexedSlices op={op} scale={pre * post}"
+                assert isinstance(out, tf.IndexedSlices), what
+                assert out.values.dtype.name == dtype_name, what
+                assert_close(tf.convert_to_tensor(out), want.astype(dtype_name), what)
+
 
 RTOL_WIRE = {"FP16Compressor": 2e-3, "BF16Compressor": 1.6e-2}
 
@@ -210,8 +235,16 @@ def check_gradients(n, r):
         return rank_data(seed, q, shape, "float64")
 
     x = [c(1, q, (5, 3)) for q in range(n)]
-    for mode, wrap in (("eager", lambda f: f), ("tf.function", tf.function)):
+    for mode in ("eager", "tf.function", "graph"):
         def grad_of(forward, value, coef):
+            if mode == "graph":  # tf.compat.v1: tf.gradients, then a Session runs it
+                with tf.Graph().as_default():
+                    v = tf.constant(value)
+                    grad = tf.gradients(tf.reduce_sum(tf.constant(coef) * forward(v)), v)[0]
+                    with tf.compat.v1.Session() as session:
+                        return session.run(grad)
+            wrap = tf.function if mode == "tf.function" else (lambda f: f)
+
             @wrap
             def g(value, coef):
                 with tf.GradientTape() as tape:
@@ -234,18 +267,22 @@ def check_gradients(n, r):
         xg = [c(3, q, (rows[q], 3)) for q in range(n)]
         cg = [c(4, q, (sum(rows), 3)) for q in range(n)]
         start = sum(rows[:r])
+        # Horovod's TensorFlow rules: allgather and broadcast average the incoming gradients.
         got = grad_of(hvd.allgather, xg[r], cg[r])
-        assert_close(got, np.sum(cg, 0)[start:start + rows[r]], f"{mode} grad allgather")
+        assert_close(got, np.mean(cg, 0)[start:start + rows[r]], f"{mode} grad allgather")
 
         root = (n - 1) % n
         got = grad_of(lambda v: hvd.broadcast(v, root), x[r], cs[r])
-        assert_close(got, np.sum(cs, 0) if r == root else np.zeros((5, 3)),
+        assert_close(got, np.mean(cs, 0) if r == root else np.zeros((5, 3)),
                      f"{mode} grad broadcast")
 
+        # reducescatter: the gathered gradients, times the size for Sum (none for Average).
         xr = [c(5, q, (7, 2)) for q in range(n)]
         cr = [c(6, q, (row_slice(7, q, n).stop - row_slice(7, q, n).start, 2)) for q in range(n)]
         got = grad_of(lambda v: hvd.reducescatter(v, op=hvd.Average), xr[r], cr[r])
-        assert_close(got, np.concatenate(cr) / n, f"{mode} grad reducescatter")
+        assert_close(got, np.concatenate(cr), f"{mode} grad reducescatter Average")
+        got = grad_of(lambda v: hvd.reducescatter(v, op=hvd.Sum), xr[r], cr[r])
+        assert_close(got, np.concatenate(cr) * n, f"{mode} grad reducescatter Sum")
 
         splits = [alltoall_splits(2, q, n) for q in range(n)]
         xa = [c(7, q, (sum(splits[q]), 2)) for q in range(n)]
@@ -355,6 +392,32 @@ def check_errors_across_ranks(n, r):
         assert "tf_mismatch_graph" in str(e) and "CollectiveError" in str(e), e
     else:
         raise AssertionError("mismatched shapes in tf.function did not raise")
+    # Horovod's error types for alltoall splits, eagerly, at trace time (constant splits) and at
+    # run time inside a graph (splits computed there).
+    bad_splits = [
+        (tf.ones([n + 1]), None, tf.errors.InvalidArgumentError),  # rows do not divide by n
+        (tf.ones([n - 1]), [1] * n, tf.errors.InvalidArgumentError),  # splits exceed the rows
+        (tf.ones([n]), [1.0] * n, ValueError),  # not integers
+    ]
+    for tensor, splits, exc in bad_splits:
+        for mode, fn in (("eager", hvd.alltoall), ("tf.function", tf.function(hvd.alltoall))):
+            try:
+                fn(tensor, splits=splits)
+            except exc as e:
+                assert "split" in str(e) or "divide" in str(e), e
+            else:
+                raise AssertionError(f"{mode} alltoall with splits {splits} did not raise")
+
+    @tf.function
+    def computed_splits(t, k):
+        return hvd.alltoall(t, splits=tf.fill([n], k))
+
+    try:
+        computed_splits(tf.ones([n - 1]), tf.constant(1))
+    except tf.errors.InvalidArgumentError as e:
+        assert "split" in str(e), e
+    else:
+        raise AssertionError("run-time alltoall splits error did not raise")
     # The engine keeps working after the error.
     assert_close(hvd.allreduce(tf.ones([2]), op=hvd.Sum), np.full(2, n, np.float32), "after error")
 

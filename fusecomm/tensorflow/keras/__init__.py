@@ -11,7 +11,8 @@ from fusecomm.basics import (ProcessSet, add_process_set, ccl_built, cross_rank,
                              cross_size, cuda_built, ddl_built, global_process_set, gloo_built,
                              gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
                              local_size, mpi_built, mpi_enabled, mpi_threads_supported,
-                             nccl_built, rank, remove_process_set, rocm_built, shutdown, size)
+                             nccl_built, rank, remove_process_set, rocm_built, shutdown, size,
+                             start_timeline, stop_timeline)
 from fusecomm.exceptions import CollectiveError, HorovodInternalError  # noqa: F401
 from fusecomm.tensorflow import mpi_ops as _ops
 from fusecomm.tensorflow.compression import Compression
@@ -146,6 +147,42 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
     distributed = _distributed_class(type(optimizer)).from_config(config)
     distributed._fc_setup(reducer, backward_passes_per_step, bool(average_aggregated_gradients))
     return distributed
+
+
+def _distributed_factory(optimizer_class, compression):
+    """What Keras' deserialization takes for `optimizer_class` (it calls from_config): the
+    optimizer rebuilt from its saved config and wrapped in DistributedOptimizer. Keras then
+    restores the saved optimizer variables (iterations, slots) into the wrapped one."""
+
+    def from_config(cls, config, custom_objects=None):
+        del cls, custom_objects
+        return DistributedOptimizer(optimizer_class.from_config(config), compression=compression)
+
+    return type(optimizer_class.__name__, (), {"from_config": classmethod(from_config)})
+
+
+def _keras_optimizer_classes():
+    # LossScaleOptimizer is left out: it wraps another optimizer that its config names.
+    return [cls for cls in vars(keras.optimizers).values()
+            if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)
+            and cls not in (keras.optimizers.Optimizer, keras.optimizers.LossScaleOptimizer)]
+
+
+def load_model(filepath, custom_optimizers=None, custom_objects=None,
+               compression=Compression.none, legacy_opts=False):
+    """Horovod's hvd.load_model: keras.models.load_model whose optimizer comes back wrapped in
+    DistributedOptimizer, with its saved state, so a resumed job still averages gradients.
+
+    custom_optimizers: optimizer classes of your own (keras.optimizers.Optimizer subclasses)
+        to wrap too; Keras' own are always wrapped.
+    custom_objects: passed to Keras (they win over the wrapped optimizers of the same name).
+    compression: the DistributedOptimizer's compression.
+    legacy_opts: accepted for Horovod scripts (Keras 3 has no legacy optimizers)."""
+    del legacy_opts
+    objects = {cls.__name__: _distributed_factory(cls, compression)
+               for cls in _keras_optimizer_classes() + list(custom_optimizers or [])}
+    objects.update(custom_objects or {})
+    return keras.models.load_model(filepath, custom_objects=objects)
 
 
 # Horovod's hvd.keras collectives take any tensor-like value and return a tensor.

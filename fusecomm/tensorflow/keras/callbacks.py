@@ -190,3 +190,27 @@ class LearningRateWarmupCallback(LearningRateScheduleCallback):
         if epoch == self.end_epoch - 1 and self.verbose > 0 and rank() == 0:
             print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
                   f"{_get_lr(self.model.optimizer):g}.")
+
+
+class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Horovod's: ModelCheckpoint with save_best_only=True that saves the whole model, whose
+    filepath may be set after construction (callback.filepath = "best.keras") but before
+    training starts. Usually given to rank 0 only, like every checkpoint."""
+
+    def __init__(self, monitor="val_loss", verbose=0, mode="auto", save_freq="epoch",
+                 filepath=None):
+        # Keras checks the file name's extension at construction; a real one is checked again
+        # when training begins.
+        super().__init__(filepath=filepath or "unset.keras", monitor=monitor, verbose=verbose,
+                         save_best_only=True, save_weights_only=False, mode=mode,
+                         save_freq=save_freq)
+        self.filepath = filepath
+
+    def on_train_begin(self, logs=None):
+        if not self.filepath:
+            raise ValueError("BestModelCheckpoint needs its filepath (ending in .keras or .h5) "
+                             "set before training: callback.filepath = 'best.keras'")
+        if not str(self.filepath).endswith((".keras", ".h5")):
+            raise ValueError(f"BestModelCheckpoint saves the whole model: its filepath must end "
+                             f"in .keras or .h5, not {self.filepath!r}")
+        super().on_train_begin(logs)
