@@ -76,6 +76,9 @@ Config Config::FromEnvironment() {
   c.liveness_timeout_seconds = CheckSeconds(
       "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
       EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds), kDay);
+  c.data_timeout_seconds = CheckSeconds(
+      "FUSECOMM_DATA_TIMEOUT_SECONDS",
+      EnvDouble("FUSECOMM_DATA_TIMEOUT_SECONDS", c.data_timeout_seconds), kDay);
   c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
   c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;

@@ -21,6 +21,7 @@ struct Config {
   double stall_shutdown_seconds = 0.0;              // FUSECOMM_STALL_SHUTDOWN_SECONDS (0: off)
   std::string log_level = "warning";                // FUSECOMM_LOG_LEVEL
   double liveness_timeout_seconds = 15.0;           // FUSECOMM_LIVENESS_TIMEOUT_SECONDS (0: off)
+  double data_timeout_seconds = 0.0;                // FUSECOMM_DATA_TIMEOUT_SECONDS (0: off)
   std::string timeline_path;                        // FUSECOMM_TIMELINE
   bool timeline_mark_cycles = false;                // FUSECOMM_TIMELINE_MARK_CYCLES
   bool calibrate = true;                            // FUSECOMM_CALIBRATE (0: model defaults)
