@@ -1,4 +1,5 @@
 """Helpers for the multi-rank test scripts (imported by scripts in tests/mp/)."""
+import os
 import sys
 import traceback
 
@@ -52,8 +53,9 @@ def run_main(main):
             rank = fusecomm.rank() if fusecomm.is_initialized() else "?"
         except Exception:  # noqa: BLE001
             rank = "?"
-        print(f"[rank {rank}] FAILED\n{traceback.format_exc()}", flush=True)
+        # The arguments carry the seed: with them the failure replays (docs/testing.md).
+        script = os.path.basename(sys.argv[0])
+        print(f"[rank {rank}] FAILED in {script} {' '.join(sys.argv[1:])}\n"
+              f"{traceback.format_exc()}", flush=True)
         sys.stdout.flush()
-        import os
-
         os._exit(1)
