@@ -116,3 +116,18 @@ def test_grouped_allreduce_fuses_as_one(ranks, tmp_path):
     seed = test_seed()
     out = run_ranks("core_grouped_fusion.py", ranks, tmp_path / "timeline.json", seed)
     assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
+
+
+@pytest.mark.parametrize("ranks, victim", [(2, 1), (3, 1), (3, 0), (4, 2)])
+def test_rank_failing_inside_a_collective_stops_every_rank(ranks, victim):
+    """A rank whose part of a collective fails (its fusion buffer cannot be allocated) while
+    its peers are in it: its later calls fail at once, and every peer gets an error naming it
+    within the liveness timeout; no rank goes on to a collective whose messages could meet the
+    abandoned receives."""
+    code, out = run_ranks("core_failed_collective.py", ranks, victim, expect_fail=True,
+                          timeout=120, env={"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "3"})
+    assert out.count("FAILED AS EXPECTED") == ranks, out
+    for line in out.splitlines():
+        if "FAILED AS EXPECTED" in line:
+            seconds = float(line.split("after ")[1].split("s:")[0])
+            assert seconds < 15, line  # 3 s liveness + slack for a loaded machine
