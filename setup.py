@@ -17,6 +17,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "buildsys"))
+from fusecomm_build import cuda_requirements  # noqa: E402  (the build backend's CUDA rule)
 
 
 class CMakeExtension(Extension):
@@ -67,4 +69,5 @@ class CMakeBuild(build_ext):
                        check=True)
 
 
-setup(ext_modules=[CMakeExtension("fusecomm._core")], cmdclass={"build_ext": CMakeBuild})
+setup(ext_modules=[CMakeExtension("fusecomm._core")], cmdclass={"build_ext": CMakeBuild},
+      install_requires=["numpy>=1.22", *cuda_requirements()])

@@ -18,5 +18,6 @@ from fusecomm.ops import (allgather, allgather_async, allgather_object, allreduc
                           grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
                           grouped_reducescatter, join, poll, reducescatter, reducescatter_async,
                           synchronize)
+from fusecomm.runner.api import run
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ OP_NAMES = {ALLREDUCE: "allreduce", ALLGATHER: "allgather", BROADCAST: "broadcas
 
 # Element type codes (csrc/common/types.h: DataType), keyed by the dtype's name.
 DTYPE_CODES = {"uint8": 0, "int8": 1, "int32": 2, "int64": 3, "float16": 4, "bfloat16": 5,
-               "float32": 6, "float64": 7, "bool": 8}
+               "float32": 6, "float64": 7, "bool": 8, "int16": 9, "uint16": 10}
 SUPPORTED_DTYPES = ", ".join(DTYPE_CODES)
 
 # Reduce ops (csrc/common/types.h: ReduceOp); Horovod exposes them as integers too.
@@ -46,10 +46,20 @@ _handles = {}  # handle id -> (objects kept alive, finisher(result tuple) -> val
 _name_counters = {}
 
 
-def dtype_code(dtype_name):
+class UnsupportedDtypeError(TypeError, ValueError):
+    """A tensor of a dtype the engine has no code for. Both a TypeError (fusecomm's own
+    convention) and a ValueError (what Horovod raises: 'Tensor type ... is not supported'), so
+    that either `except` keeps working."""
+
+
+def dtype_code(dtype_name, shown=None):
+    """The engine's code for a dtype name; `shown` is how the caller's framework spells the
+    dtype and the supported ones, for the message."""
     code = DTYPE_CODES.get(str(dtype_name))
     if code is None:
-        raise TypeError(f"fusecomm does not support dtype {dtype_name}; supported: {SUPPORTED_DTYPES}")
+        what, supported = shown or (dtype_name, SUPPORTED_DTYPES)
+        raise UnsupportedDtypeError(f"fusecomm does not support dtype {what}; "
+                                    f"supported: {supported}")
     return code
 
 
@@ -157,14 +167,26 @@ def poll(handle):
 
 
 def synchronize(handle):
-    """Waits for `handle` and returns its result; raises CollectiveError if it failed."""
+    """Waits for `handle` and returns its result; raises CollectiveError if it failed.
+
+    The wait releases the GIL and wakes every 50 ms to run Python's signal handlers: when one
+    raises (KeyboardInterrupt), that exception comes out of here while the collective stays in
+    flight, its buffers kept alive, and the handle can be synchronized again."""
     _, finisher = _entry(handle)
     try:
-        _core.wait(handle)  # releases the GIL while waiting
+        _core.wait(handle)
+    except _core.CollectiveError:
+        _forget(handle)
+        raise
+    try:
         return finisher(_core.take_result(handle))
     finally:
-        with _lock:
-            _handles.pop(handle, None)
+        _forget(handle)
+
+
+def _forget(handle):
+    with _lock:
+        _handles.pop(handle, None)
 
 
 def forget_all_handles():

@@ -1,8 +1,10 @@
 """Start-up, shutdown, ranks and process sets: the part of the API shared by every frontend."""
 import atexit
 import os
+import re
 
 from fusecomm import _core, _engine
+from fusecomm.runner import rank_wrapper
 
 # init() keyword -> environment variable read by the engine (csrc/common/config.cc).
 _SETTINGS = {
@@ -17,9 +19,11 @@ _SETTINGS = {
     "log_level": "FUSECOMM_LOG_LEVEL",
     "liveness_timeout_seconds": "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
     "data_timeout_seconds": "FUSECOMM_DATA_TIMEOUT_SECONDS",
+    "init_timeout_seconds": "FUSECOMM_INIT_TIMEOUT_SECONDS",
     "calibration_file": "FUSECOMM_CALIBRATION_FILE",
     "timeline": "FUSECOMM_TIMELINE",
     "gpu_transport": "FUSECOMM_GPU_TRANSPORT",
+    "deadlock_seconds": "FUSECOMM_DEADLOCK_SECONDS",
 }
 
 _atexit_registered = False
@@ -130,7 +134,11 @@ def init(comm=None, process_sets=None, **settings):
                 ranks = [_engine.check_int(r, "rank") for r in comm]
             except TypeError:
                 raise TypeError("init(comm=...) takes an mpi4py communicator or a list of ranks") from None
-    _core.init(comm_address, ranks)
+    try:
+        _core.init(comm_address, ranks)
+    except ValueError as e:
+        _report_failing_peer(str(e))
+        raise
     if not _atexit_registered:
         # Registered after any mpi4py import, so it runs before mpi4py finalizes MPI.
         atexit.register(_shutdown_at_exit)
@@ -153,7 +161,19 @@ def shutdown(_at_exit=False):
     _engine.forget_all_handles()
 
 
+def _report_failing_peer(init_error):
+    """When init() failed only because of other ranks (their ranks lead the message), tells
+    `fusecomm run`, so that it names them and not this rank."""
+    failing = re.findall(r"(?:^init\(\) failed on |; )rank (\d+): ", init_error)
+    mine = rank_wrapper.rank_id()
+    if failing and mine not in failing:
+        rank_wrapper.report_caused_by(failing[0])
+
+
 def _shutdown_at_exit():
+    # Before shutdown tells the peers this rank leaves: `fusecomm run` then knows this rank's
+    # failure (if the exit is one) came before theirs.
+    rank_wrapper.report_exit_started()
     try:
         shutdown(_at_exit=True)
     finally:

@@ -156,13 +156,22 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
                               postscale_factor, process_set, algorithm)
 
 
+def _grouped(op_type, tensors, name, process_set, submit_one):
+    """Submits submit_one(tensor, member_name) for every tensor as one group: members are
+    '<base>.<i>', the base taken from the process set's own counter when unnamed (a group on a
+    set that some ranks are not in must not shift the global names)."""
+    tensors = list(tensors)
+    ps_id = process_set_id(process_set)
+    base = _engine.auto_name(op_type, name, ps_id)
+    with _engine.group(ps_id):
+        return [submit_one(t, f"{base}.{i}") for i, t in enumerate(tensors)]
+
+
 def _grouped_allreduce(submit_one, tensors, average, name, op, prescale_factor,
                        postscale_factor, process_set, algorithm):
-    tensors = list(tensors)
-    base = _engine.auto_name(ALLREDUCE, name)
-    with _engine.group(process_set_id(process_set)):
-        return [submit_one(t, average, f"{base}.{i}", op, prescale_factor, postscale_factor,
-                           process_set, algorithm) for i, t in enumerate(tensors)]
+    return _grouped(ALLREDUCE, tensors, name, process_set,
+                    lambda t, member: submit_one(t, average, member, op, prescale_factor,
+                                                 postscale_factor, process_set, algorithm))
 
 
 def grouped_allreduce(tensors, average=None, name=None, op=None, prescale_factor=1.0,
@@ -201,9 +210,8 @@ def allgather(tensor, name=None, process_set=global_process_set):
 
 
 def grouped_allgather(tensors, name=None, process_set=global_process_set):
-    base = _engine.auto_name(ALLGATHER, name)
-    with _engine.group(process_set_id(process_set)):
-        handles = [allgather_async(t, f"{base}.{i}", process_set) for i, t in enumerate(tensors)]
+    handles = _grouped(ALLGATHER, tensors, name, process_set,
+                       lambda t, member: allgather_async(t, member, process_set))
     return [synchronize(h) for h in handles]
 
 
@@ -255,10 +263,9 @@ def reducescatter(tensor, name=None, op=Average, process_set=global_process_set,
 
 def grouped_reducescatter(tensors, name=None, op=Average, process_set=global_process_set,
                           prescale_factor=1.0, postscale_factor=1.0):
-    base = _engine.auto_name(REDUCESCATTER, name)
-    with _engine.group(process_set_id(process_set)):
-        handles = [reducescatter_async(t, f"{base}.{i}", op, process_set, prescale_factor,
-                                       postscale_factor) for i, t in enumerate(tensors)]
+    handles = _grouped(REDUCESCATTER, tensors, name, process_set,
+                       lambda t, member: reducescatter_async(t, member, op, process_set,
+                                                             prescale_factor, postscale_factor))
     return [synchronize(h) for h in handles]
 
 

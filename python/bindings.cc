@@ -125,8 +125,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("wait", [](int64_t id) {
     auto handle = Engine::Get().GetHandle(id);
     try {
-      handle->Wait();
-    } catch (...) {
+      // Wakes periodically to run Python's signal handlers (Ctrl-C); one that raises abandons
+      // the wait, and the handle stays valid for another synchronize.
+      handle->Wait([] {
+        py::gil_scoped_acquire acquire;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      });
+    } catch (const CollectiveError&) {
       Engine::Get().ReleaseHandle(id);
       throw;
     }
@@ -181,6 +186,7 @@ PYBIND11_MODULE(_core, m) {
     d["allreduce_algorithm"] = std::string(AllreduceAlgorithmName(c.allreduce_algorithm));
     d["local_size"] = c.local_size;
     d["torus_x"] = c.torus_x;
+    d["deadlock_seconds"] = c.deadlock_seconds;
     return d;
   });
 }

@@ -15,6 +15,14 @@ if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; th
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
 fi
 
+# `fusecomm testbed` (and its test, tests/test_testbed.py, which runs where we are root) needs
+# iproute2's ip and tc.
+if [ "$(id -u)" -eq 0 ] && { ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; }; then
+  echo "[setup] installing iproute2 (ip, tc) for fusecomm testbed"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating the virtual environment $VENV"
   python3 -m venv "$VENV"

@@ -49,10 +49,10 @@ except ImportError:  # pragma: no cover - ml_dtypes ships with TensorFlow / JAX
     BFLOAT16 = None
     EXOTIC_ML_DTYPES = []
 
-SUPPORTED = [np.dtype(n) for n in ("uint8", "int8", "int32", "int64", "float16", "float32",
-                                    "float64", "bool")] + ([BFLOAT16] if BFLOAT16 else [])
+SUPPORTED = [np.dtype(n) for n in ("uint8", "int8", "int16", "uint16", "int32", "int64",
+                                    "float16", "float32", "float64", "bool")] + ([BFLOAT16] if BFLOAT16 else [])
 SUPPORTED_NAMES = {d.name for d in SUPPORTED}
-UNSUPPORTED = [np.dtype(n) for n in ("int16", "uint16", "uint32", "uint64", "longdouble",
+UNSUPPORTED = [np.dtype(n) for n in ("uint32", "uint64", "longdouble",
                                       "complex64", "complex128", "M8[s]", "m8[ms]", "U3", "S2",
                                       "O", "V4")]
 UNSUPPORTED += [np.dtype([("a", "<i4"), ("b", "<f8")])] + EXOTIC_ML_DTYPES

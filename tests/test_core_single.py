@@ -73,7 +73,7 @@ def test_async_handles(engine):
 
 
 @pytest.mark.parametrize("bad, exc, match", [
-    (np.ones(5, np.int16), TypeError, "does not support dtype int16"),
+    (np.ones(5, np.uint32), TypeError, "does not support dtype uint32"),
     (np.ones(5, np.complex64), TypeError, "does not support dtype complex64"),
     (np.array(["a", "b"]), TypeError, "does not support dtype"),
     (np.array([object()]), TypeError, "does not support dtype"),

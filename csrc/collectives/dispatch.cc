@@ -24,6 +24,9 @@ AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorit
     algorithm = ResolveAutoAllreduce(topo, count * DataTypeSize(dtype), dtype);
   }
   Comm& comm = *topo.global;
+  if (algorithm == AllreduceAlgorithm::kNative && !comm.NativeReductionSupports(dtype, op)) {
+    algorithm = AllreduceAlgorithm::kRing;
+  }
   switch (algorithm) {
     case AllreduceAlgorithm::kRing:
       RingAllreduce(comm, buf, count, dtype, op);

@@ -1,5 +1,8 @@
 #include "common/config.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -37,7 +40,21 @@ int64_t EnvInt(const char* name, int64_t fallback) {
   throw InvalidArgument(std::string(name) + "='" + text + "' is not an integer");
 }
 
+std::string GpuTransportSetting() {
+  std::string value = EnvString("FUSECOMM_GPU_TRANSPORT", "auto");
+  if (value != "auto" && value != "nccl" && value != "mpi") {
+    throw InvalidArgument("FUSECOMM_GPU_TRANSPORT must be auto, nccl or mpi (got '" + value +
+                          "')");
+  }
+  return value;
+}
+
 namespace {
+bool IsDirectory(const std::string& path) {
+  struct stat info;
+  return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
 // Durations must be finite and sane: a huge or NaN wait overflows the thread library's clocks.
 double CheckSeconds(const char* name, double value, double max) {
   if (!std::isfinite(value) || value < 0 || value > max) {
@@ -79,12 +96,52 @@ Config Config::FromEnvironment() {
   c.data_timeout_seconds = CheckSeconds(
       "FUSECOMM_DATA_TIMEOUT_SECONDS",
       EnvDouble("FUSECOMM_DATA_TIMEOUT_SECONDS", c.data_timeout_seconds), kDay);
+  c.init_timeout_seconds = CheckSeconds(
+      "FUSECOMM_INIT_TIMEOUT_SECONDS",
+      EnvDouble("FUSECOMM_INIT_TIMEOUT_SECONDS", c.init_timeout_seconds), kDay);
   c.timeline_path = EnvString("FUSECOMM_TIMELINE", "");
   c.timeline_mark_cycles = EnvInt("FUSECOMM_TIMELINE_MARK_CYCLES", 0) != 0;
   c.calibrate = EnvInt("FUSECOMM_CALIBRATE", 1) != 0;
   c.autotune = EnvInt("FUSECOMM_AUTOTUNE", 1) != 0;
   c.calibration_file = EnvString("FUSECOMM_CALIBRATION_FILE", "");
+  GpuTransportSetting();  // only device collectives use it, but a typo should fail at init
+  c.deadlock_seconds = CheckSeconds(
+      "FUSECOMM_DEADLOCK_SECONDS", EnvDouble("FUSECOMM_DEADLOCK_SECONDS", c.deadlock_seconds), kDay);
   return c;
+}
+
+void Config::ValidateForJob(int rank, int size) const {
+  if (torus_x > size) {
+    throw InvalidArgument("FUSECOMM_TORUS_X=" + std::to_string(torus_x) + " is wider than the " +
+                          std::to_string(size) + " ranks of the job (a torus row holds at most " +
+                          "every rank)");
+  }
+  // Rank 0 reads the calibration cache and writes it after measuring: a path it could not
+  // write would otherwise be ignored silently and the measurement repeated at every start.
+  if (rank == 0 && calibrate && !calibration_file.empty()) {
+    const std::string& file = calibration_file;
+    const bool exists = access(file.c_str(), F_OK) == 0;
+    if (exists && IsDirectory(file)) {
+      throw InvalidArgument("FUSECOMM_CALIBRATION_FILE='" + file + "' is a directory");
+    }
+    if (exists && access(file.c_str(), R_OK | W_OK) != 0) {
+      throw InvalidArgument("FUSECOMM_CALIBRATION_FILE='" + file +
+                            "' cannot be read and written by rank 0");
+    }
+    if (!exists) {
+      const size_t slash = file.find_last_of('/');
+      const std::string dir =
+          slash == std::string::npos ? "." : (slash == 0 ? "/" : file.substr(0, slash));
+      if (!IsDirectory(dir)) {
+        throw InvalidArgument("FUSECOMM_CALIBRATION_FILE='" + file + "': the directory '" + dir +
+                              "' does not exist on rank 0");
+      }
+      if (access(dir.c_str(), W_OK) != 0) {
+        throw InvalidArgument("FUSECOMM_CALIBRATION_FILE='" + file + "': rank 0 cannot create " +
+                              "files in '" + dir + "'");
+      }
+    }
+  }
 }
 
 }  // namespace fusecomm

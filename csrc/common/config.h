@@ -22,14 +22,26 @@ struct Config {
   std::string log_level = "warning";                // FUSECOMM_LOG_LEVEL
   double liveness_timeout_seconds = 15.0;           // FUSECOMM_LIVENESS_TIMEOUT_SECONDS (0: off)
   double data_timeout_seconds = 0.0;                // FUSECOMM_DATA_TIMEOUT_SECONDS (0: off)
+  // How long init() waits in MPI start-up for ranks that have not arrived, when no launcher
+  // reports them failed. Ranks import frameworks at different speeds: generous by default.
+  double init_timeout_seconds = 60.0;               // FUSECOMM_INIT_TIMEOUT_SECONDS (0: off)
   std::string timeline_path;                        // FUSECOMM_TIMELINE
   bool timeline_mark_cycles = false;                // FUSECOMM_TIMELINE_MARK_CYCLES
   bool calibrate = true;                            // FUSECOMM_CALIBRATE (0: model defaults)
   std::string calibration_file;                     // FUSECOMM_CALIBRATION_FILE (cache)
   bool autotune = true;                             // FUSECOMM_AUTOTUNE (0: the model alone)
+  // Quiet time after which every rank blocked on collectives missing elsewhere is a deadlock.
+  double deadlock_seconds = 5.0;                    // FUSECOMM_DEADLOCK_SECONDS (0: off)
 
+  // Parses and checks every variable; throws InvalidArgument naming the first bad one.
   static Config FromEnvironment();
+  // The checks that need the job's shape, run at init on every rank before any rank starts
+  // work that others would wait on (rank 0 owns the calibration file). Throws InvalidArgument.
+  void ValidateForJob(int rank, int size) const;
 };
+
+// FUSECOMM_GPU_TRANSPORT: auto, nccl or mpi (read again by the device path when it starts).
+std::string GpuTransportSetting();
 
 // Parses helpers shared by the config and tests; throw InvalidArgument naming the variable.
 double EnvDouble(const char* name, double fallback);

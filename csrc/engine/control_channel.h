@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace fusecomm {
@@ -20,6 +23,20 @@ class ControlChannel {
   virtual void BroadcastFromRoot(std::vector<char>& bytes) = 0;
   // Minimum of one integer over all ranks.
   virtual int64_t AllreduceMin(int64_t value) = 0;
+
+  // Peers' engine threads run a negotiation every cycle even while their Python computes, so a
+  // collective above that waits long means a peer's process is frozen, hung or dead. Once one
+  // has waited `after_seconds` (and again every `after_seconds`), `report` is called from
+  // inside the wait with the time waited and the peers the transport suspects ("" if none).
+  using SlowWaitReport = std::function<void(double waited_seconds, const std::string& suspects)>;
+  void SetSlowWaitReport(double after_seconds, SlowWaitReport report) {
+    slow_after_seconds_ = after_seconds;
+    slow_report_ = std::move(report);
+  }
+
+ protected:
+  double slow_after_seconds_ = 0;
+  SlowWaitReport slow_report_;
 };
 
 }  // namespace fusecomm

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 #include <sstream>
 
 #include "common/logging.h"
+#include "engine/rank_text.h"
 #include "engine/wire.h"
 
 namespace fusecomm {
@@ -16,6 +18,8 @@ constexpr uint64_t kFlagShutdown = 2;    // some rank asked to shut down
 constexpr uint64_t kFlagStallWarning = 4;   // some request waited past the warning time
 constexpr uint64_t kFlagStallShutdown = 8;  // ... past the shutdown time
 constexpr uint64_t kFlagNotJoined = 16;      // some rank has not called join()
+constexpr uint64_t kFlagPending = 32;        // some rank has requests that have not run yet
+constexpr uint64_t kFlagNotBlocked = 64;     // some rank is not stuck waiting (deadlock detector)
 // The coordinator learns that a rank joined from this marker in its report.
 const char* const kJoinMarker = "\x01join";
 
@@ -47,13 +51,6 @@ std::string FieldValue(const TensorSpec& s, const std::string& field) {
   return out.str();
 }
 
-std::string RankList(const std::vector<int>& ranks) {
-  std::ostringstream out;
-  out << (ranks.size() == 1 ? "rank " : "ranks ");
-  for (size_t i = 0; i < ranks.size(); ++i) out << (i ? ", " : "") << ranks[i];
-  return out.str();
-}
-
 }  // namespace
 
 Controller::Controller(std::unique_ptr<ControlChannel> channel, size_t cache_capacity,
@@ -61,13 +58,45 @@ Controller::Controller(std::unique_ptr<ControlChannel> channel, size_t cache_cap
     : channel_(std::move(channel)),
       cache_(cache_capacity),
       stall_(stall),
-      last_stall_warning_(std::chrono::steady_clock::now()) {}
+      last_stall_warning_(std::chrono::steady_clock::now()) {
+  if (stall_.warning_seconds > 0) {
+    channel_->SetSlowWaitReport(stall_.warning_seconds,
+                                [this](double waited, const std::string& suspects) {
+                                  WarnSlowNegotiation(waited, suspects);
+                                });
+  }
+}
+
+void Controller::WarnSlowNegotiation(double waited, const std::string& suspects) {
+  // Rank 0 speaks for the job as the stall report does; any rank that can name a silent peer
+  // speaks too (rank 0 itself may be the frozen one).
+  if (suspects.empty() && rank() != 0) return;
+  std::ostringstream msg;
+  msg << "stalled negotiation: this rank has waited " << static_cast<int>(waited)
+      << " s for the other ranks' engines; ";
+  if (suspects.empty()) {
+    msg << "no heartbeat has stopped (unless FUSECOMM_LIVENESS_TIMEOUT_SECONDS=0 turned them "
+           "off), so some rank's engine thread is busy elsewhere (a long collective in another "
+           "process set?) or hung";
+  } else {
+    msg << suspects << ": that process is frozen (e.g. SIGSTOP), hung or dead, and submits "
+           "nothing";
+  }
+  if (negotiating_ && !negotiating_->empty()) {
+    msg << "; waiting here:";
+    for (const auto& [name, entry] : *negotiating_) msg << " '" << name << "'";
+  }
+  FUSECOMM_LOG(kWarning, msg.str());
+}
 
 uint64_t Controller::StallFlags(const PendingTable& pending) {
   using Seconds = std::chrono::duration<double>;
   const auto now = std::chrono::steady_clock::now();
   double oldest = 0;
   for (const auto& [name, entry] : pending) {
+    // A rejected request's marker waits for nobody: the peers' requests, if any, are failed as
+    // soon as they come.
+    if (!entry.request.spec.argument_error.empty()) continue;
     oldest = std::max(oldest, Seconds(now - entry.submitted).count());
   }
   uint64_t flags = 0;
@@ -79,9 +108,11 @@ uint64_t Controller::StallFlags(const PendingTable& pending) {
   return flags;
 }
 
-std::string Controller::StallReport(const PendingTable& pending) {
+std::string Controller::WhoLacksWhat(const PendingTable& pending) {
   std::vector<TensorSpec> mine;
-  for (const auto& [name, entry] : pending) mine.push_back(entry.request.spec);
+  for (const auto& [name, entry] : pending) {
+    if (entry.request.spec.argument_error.empty()) mine.push_back(entry.request.spec);
+  }
   auto reports = channel_->GatherToRoot(EncodeSpecs(mine));
   std::vector<char> text;
   if (rank() == 0) {
@@ -93,7 +124,6 @@ std::string Controller::StallReport(const PendingTable& pending) {
       }
     }
     std::ostringstream msg;
-    msg << "stalled collectives: some ranks submitted tensors that other ranks did not submit";
     for (const auto& [name, ranks] : submitted) {
       if (static_cast<int>(ranks.size()) == size()) continue;
       std::vector<int> missing;
@@ -107,7 +137,6 @@ std::string Controller::StallReport(const PendingTable& pending) {
     text.assign(s.begin(), s.end());
   }
   channel_->BroadcastFromRoot(text);
-  last_stall_warning_ = std::chrono::steady_clock::now();
   return std::string(text.begin(), text.end());
 }
 
@@ -117,6 +146,21 @@ Response Controller::Validate(const std::vector<TensorSpec>& per_rank,
   const size_t first = std::find(reported.begin(), reported.end(), true) - reported.begin();
   response.spec = per_rank[first];
   const TensorSpec& spec = response.spec;
+  std::vector<std::optional<std::string>> argument_errors(per_rank.size());
+  bool invalid = false;
+  for (size_t r = first; r < per_rank.size(); ++r) {
+    if (!reported[r] || per_rank[r].argument_error.empty()) continue;
+    argument_errors[r] = per_rank[r].argument_error;
+    invalid = true;
+  }
+  if (invalid) {
+    response.error = std::string(OpTypeName(spec.op_type)) + " of '" + spec.name +
+                     "' was rejected: " + DescribeValuesByRank(argument_errors, " raised: ");
+    // A rejected request's shape may be anything: keep a joined rank's stand-in small.
+    response.spec.shape.clear();
+    response.spec.argument_error.clear();
+    return response;
+  }
   if (spec.op_type == OpType::kBroadcast && !reported[spec.root]) {
     response.error = "broadcast of '" + spec.name + "' cannot run: its root rank " +
                      std::to_string(spec.root) + " has already called join()";
@@ -125,22 +169,14 @@ Response Controller::Validate(const std::vector<TensorSpec>& per_rank,
   std::string field;
   for (size_t r = first + 1; r < per_rank.size(); ++r) {
     if (!reported[r] || SpecsAgree(spec, per_rank[r], &field)) continue;
-    // Group ranks by what they sent so the message stays short on many ranks.
-    std::vector<std::pair<std::string, std::vector<int>>> groups;
+    std::vector<std::optional<std::string>> sent(per_rank.size());
     for (size_t q = 0; q < per_rank.size(); ++q) {
-      if (!reported[q]) continue;
-      std::string value = FieldValue(per_rank[q], field);
-      auto it = std::find_if(groups.begin(), groups.end(),
-                             [&](const auto& g) { return g.first == value; });
-      if (it == groups.end()) groups.push_back({value, {static_cast<int>(q)}});
-      else it->second.push_back(static_cast<int>(q));
+      if (reported[q]) sent[q] = FieldValue(per_rank[q], field);
     }
     std::ostringstream msg;
-    msg << "Mismatched " << OpTypeName(per_rank[0].op_type) << " " << field << " for tensor '"
-        << per_rank[0].name << "': ";
-    for (size_t g = 0; g < groups.size(); ++g) {
-      msg << (g ? "; " : "") << RankList(groups[g].second) << " sent " << groups[g].first;
-    }
+    // `spec`, not per_rank[0]: rank 0 may have joined and reported nothing.
+    msg << "Mismatched " << OpTypeName(spec.op_type) << " " << field << " for tensor '"
+        << spec.name << "': " << DescribeValuesByRank(sent, " sent ");
     response.error = msg.str();
     return response;
   }
@@ -203,7 +239,7 @@ void Controller::Join() {
   join_cycle_ = cycle_;
 }
 
-CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) {
+CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested, bool blocked) {
   const size_t positions = cache_.num_positions();
   const size_t words = (positions + 63) / 64;
   const size_t ready_at = 1, invalid_at = 1 + words;
@@ -211,7 +247,10 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   // an OR for flags and invalid marks, so one all-reduce carries all three.
   std::vector<uint64_t> bits(1 + 2 * words, 0);
   std::fill(bits.begin() + invalid_at, bits.end(), ~uint64_t{0});
-  uint64_t flags = (shutdown_requested ? kFlagShutdown : 0) | StallFlags(pending);
+  negotiating_ = &pending;
+  uint64_t flags = (shutdown_requested ? kFlagShutdown : 0) | StallFlags(pending) |
+                   (blocked ? 0 : kFlagNotBlocked);
+  if (!pending.empty()) flags |= kFlagPending;
   ++cycle_;
   if (joined_) {
     // A joined rank would run anything: it marks every cached position ready, and reports its
@@ -240,8 +279,14 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
   const uint64_t any_flags = ~bits[0];
 
   CycleResult result;
-  if (!(any_flags & kFlagNotJoined)) {
-    // Everyone has joined: nothing is left to run. The last to join is the latest cycle's
+  // Every rank has joined, but some still hold requests submitted before their join() (an
+  // allreduce_async just before join()): those run first, or join() would return and leave
+  // them stranded. They go through the coordinator, which completes a name once every rank
+  // that has not reported it has joined; the cache's ready bits cannot decide here, since
+  // joined ranks mark every position ready.
+  const bool draining = !(any_flags & kFlagNotJoined) && (any_flags & kFlagPending);
+  if (!(any_flags & kFlagNotJoined) && !draining) {
+    // Everyone has joined and nothing is left to run. The last to join is the latest cycle's
     // highest rank (AllreduceMin of the negated key).
     int64_t key = static_cast<int64_t>(join_cycle_) * size() + rank();
     int64_t last = -channel_->AllreduceMin(-key);
@@ -255,7 +300,7 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     bool invalid = !TestBit(bits, invalid_at, p);
     if (invalid) {
       cache_.Erase(static_cast<int>(p));
-    } else if (TestBit(bits, ready_at, p)) {
+    } else if (!draining && TestBit(bits, ready_at, p)) {
       cache_.Touch(static_cast<int>(p));
       result.responses.push_back(cache_.At(static_cast<int>(p)));
     }
@@ -270,8 +315,21 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     result.responses.clear();
     return result;
   }
+  if (!(any_flags & (kFlagNotBlocked | kFlagUnreported)) && result.responses.empty() &&
+      !draining) {  // a draining cycle completes what is left through the coordinator
+    // Every rank waits on collectives some other rank lacks, and none can submit more: a
+    // proven deadlock. Each rank's quiet time was checked before it called itself blocked.
+    std::ostringstream msg;
+    msg << "deadlock: every rank is waiting for collectives "
+        << "that other ranks have not submitted, and none has submitted anything for "
+        << stall_.deadlock_seconds << " s (FUSECOMM_DEADLOCK_SECONDS)" << WhoLacksWhat(pending);
+    result.stall_error = msg.str();
+    return result;
+  }
   if (any_flags & (kFlagStallWarning | kFlagStallShutdown)) {
-    std::string report = StallReport(pending);
+    std::string report = "stalled collectives: some ranks submitted tensors that other ranks "
+                         "did not submit" + WhoLacksWhat(pending);
+    last_stall_warning_ = std::chrono::steady_clock::now();
     if (any_flags & kFlagStallShutdown) {
       std::ostringstream limit;
       limit << " (stopped after FUSECOMM_STALL_SHUTDOWN_SECONDS=" << stall_.shutdown_seconds << ")";
@@ -281,10 +339,11 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested) 
     }
     if (rank() == 0) FUSECOMM_LOG(kWarning, report);
   }
-  if (any_flags & kFlagUnreported) {
+  if ((any_flags & kFlagUnreported) || draining) {
     std::vector<std::pair<uint64_t, TensorSpec>> fresh;
     for (auto& [name, entry] : pending) {
-      if (entry.state == PendingState::kUnreported) {
+      if (entry.state == PendingState::kUnreported ||
+          (draining && entry.state == PendingState::kCached)) {
         fresh.emplace_back(entry.sequence, entry.request.spec);
         entry.state = PendingState::kReported;
       }

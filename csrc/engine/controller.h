@@ -39,16 +39,20 @@ struct CycleResult {
   bool shutdown = false;            // some rank asked to shut down
   int shutdown_rank = -1;           // the lowest such rank
   bool shutdown_at_exit = false;    // ... which is shutting down because its process exits
-  std::string stall_error;          // non-empty: the stall inspector stopped the job
+  std::string stall_error;          // non-empty: the stall inspector or deadlock detector
+                                    // stopped the job
   bool all_joined = false;          // every rank has called join(): join completes
   int last_joined_rank = -1;
 };
 
 // When a request has waited this long for the other ranks, rank 0 reports which ranks are
 // missing which tensors; after `shutdown_seconds` (0: never) every rank fails with that report.
+// `deadlock_seconds` is the quiet time each rank waited before it called itself blocked (for
+// the deadlock message; the caller decides what blocked means).
 struct StallSettings {
   double warning_seconds = 60.0;
   double shutdown_seconds = 0.0;
+  double deadlock_seconds = 0.0;
 };
 
 class Controller {
@@ -58,8 +62,10 @@ class Controller {
 
   int rank() const { return channel_->rank(); }
   int size() const { return channel_->size(); }
-  // shutdown_requested: 0 no, 1 shutdown() called, 2 the process is exiting.
-  CycleResult RunCycle(PendingTable& pending, int shutdown_requested);
+  // shutdown_requested: 0 no, 1 shutdown() called, 2 the process is exiting. blocked: this
+  // rank can do nothing but wait for its pending requests (see ProcessSetWorker::Blocked);
+  // when every rank is, the pending requests can never complete and every rank fails.
+  CycleResult RunCycle(PendingTable& pending, int shutdown_requested, bool blocked = false);
   // This rank has run out of work (Horovod's join): until every rank has joined, it takes part
   // in whatever the others run, contributing nothing (zeros, or no rows).
   void Join();
@@ -72,13 +78,17 @@ class Controller {
                     const std::vector<bool>& reported) const;
   // Which flags this rank raises for requests that have waited too long.
   uint64_t StallFlags(const PendingTable& pending);
-  // Collective: rank 0 gathers every rank's waiting names and describes who is missing what.
-  std::string StallReport(const PendingTable& pending);
+  // Collective: rank 0 gathers every rank's waiting names; every rank returns
+  // "; 'x' submitted by rank 0, missing on rank 1" for each name some rank lacks.
+  std::string WhoLacksWhat(const PendingTable& pending);
+  // Called from inside a control collective that has waited past the stall warning time.
+  void WarnSlowNegotiation(double waited, const std::string& suspects);
 
   std::unique_ptr<ControlChannel> channel_;
   ResponseCache cache_;
   StallSettings stall_;
   std::chrono::steady_clock::time_point last_stall_warning_;
+  const PendingTable* negotiating_ = nullptr;  // the table of the cycle in progress
   // Coordinator only: name -> spec reported by each rank (unset until reported).
   struct Waiting {
     std::vector<TensorSpec> per_rank;

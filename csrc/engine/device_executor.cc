@@ -122,15 +122,6 @@ class PinnedArena {
 
 bool CallerOutput(OpType type) { return type == OpType::kAllreduce || type == OpType::kBroadcast; }
 
-std::string GpuTransportSetting() {
-  std::string value = EnvString("FUSECOMM_GPU_TRANSPORT", "auto");
-  if (value != "auto" && value != "nccl" && value != "mpi") {
-    throw InvalidArgument("FUSECOMM_GPU_TRANSPORT must be auto, nccl or mpi (got '" + value +
-                          "')");
-  }
-  return value;
-}
-
 // What each rank tells the others when its GPU context is created.
 struct GpuIdentity {
   char ok = 0;

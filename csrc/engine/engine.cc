@@ -8,9 +8,11 @@
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "engine/settings_agreement.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_context.h"
+#include "transport/mpi/mpi_control.h"
 #include "transport/mpi/mpi_wait.h"
 #if FUSECOMM_WITH_CUDA
 #include "engine/device_executor.h"
@@ -48,8 +50,19 @@ Engine& Engine::Get() {
 void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (initialized_) return;  // like Horovod, a second init is a no-op
-  Config config = Config::FromEnvironment();
-  SetLogLevel(config.log_level);
+  // A rank that fails init must not leave the others waiting for it inside MPI: its error is
+  // kept until every rank can hear of it (AgreeOnInitErrors), and until then the watchdog
+  // bounds every wait that no error could interrupt.
+  std::string local_error;
+  Config config;
+  try {
+    config = Config::FromEnvironment();
+    SetLogLevel(config.log_level);
+  } catch (const InvalidArgument& e) {
+    local_error = e.what();
+    config = Config();
+  }
+  InitWatchdog watchdog(config.liveness_timeout_seconds, config.init_timeout_seconds);
   EnsureMpiInitialized();
   static_assert(sizeof(MPI_Comm) <= sizeof(void*), "MPI_Comm must fit in a pointer");
   MPI_Comm base = mpi_comm ? *static_cast<const MPI_Comm*>(mpi_comm) : MPI_COMM_WORLD;
@@ -61,17 +74,59 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   MPI_Comm_size(global, &size);
   MPI_Comm_rank(global, &rank);
   SetLogRank(rank);
+  // The heartbeat starts before any work a peer could die in; a beat well inside the timeout,
+  // so one late beat is no alarm.
+  const double timeout = config.liveness_timeout_seconds;
+  auto liveness = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
+  watchdog.HeartbeatStarted();
+  std::string failure, disagreement;
+  try {
+    if (local_error.empty()) {
+      try {
+        config.ValidateForJob(rank, size);
+        if (!config.timeline_path.empty() && rank == 0) {
+          timeline_.Start(config.timeline_path, config.timeline_mark_cycles, rank);
+        }
+      } catch (const InvalidArgument& e) {
+        local_error = e.what();
+      }
+    }
+    failure = AgreeOnInitErrors(global, local_error);
+    if (failure.empty()) {
+      // Once every rank's own settings are valid, those that must match are compared, before
+      // anything collective depends on them (calibration, the worker).
+      MPI_Comm agreement_comm;
+      CheckMpi(MPI_Comm_dup(global, &agreement_comm), "MPI_Comm_dup");
+      MpiControlChannel agreement(agreement_comm);
+      disagreement = AgreeOnSettings(agreement, config);
+    }
+  } catch (...) {
+    timeline_.Stop();
+    liveness->StopSilently();
+    throw;
+  }
+  if (!failure.empty() || !disagreement.empty()) {
+    // Every rank fails here together, so each says goodbye and frees what it made.
+    timeline_.Stop();
+    liveness->Stop();
+    MPI_Comm_free(&global);
+    if (!failure.empty()) throw InvalidArgument(failure);
+    throw CollectiveError(disagreement);
+  }
   std::vector<int> all(size);
   for (int r = 0; r < size; ++r) all[r] = r;
-  auto worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
-  if (!config.timeline_path.empty() && rank == 0) {
-    timeline_.Start(config.timeline_path, config.timeline_mark_cycles, rank);
+  std::shared_ptr<ProcessSetWorker> worker;
+  try {
+    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
+  } catch (...) {
+    // Possibly this rank alone: its silence tells the peers (see StopSilently).
+    timeline_.Stop();
+    liveness->StopSilently();
+    throw;
   }
   config_ = config;
   AsComm(global_comm_) = global;
-  // A beat well inside the timeout, so one late beat is no alarm.
-  const double timeout = config.liveness_timeout_seconds;
-  liveness_ = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
+  liveness_ = liveness;
   process_sets_.clear();
   process_sets_[0] = ProcessSet{all, worker};
   next_process_set_ = 1;
@@ -355,6 +410,26 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
   }
 }
 
+void Engine::ReportRejected(ProcessSetWorker& worker, const TensorSpec& spec,
+                            const std::string& error) {
+  // Without a usable name the peers cannot tell which of their requests it concerns; alone,
+  // there are no peers (and the name stays free for an immediate retry).
+  if (worker.size() == 1 || spec.op_type == OpType::kJoin || spec.name.empty() ||
+      spec.name[0] == '\x01') {
+    return;
+  }
+  Request marker;
+  marker.spec = spec;
+  marker.spec.argument_error = error;
+  marker.spec.shape.clear();  // may be what was wrong; the coordinator only needs the name
+  marker.handle = std::make_shared<HandleState>();  // nobody waits: this rank raised already
+  try {
+    worker.Submit(std::move(marker));
+  } catch (const std::exception&) {
+    // The name is in flight already or the engine stopped: the caller's error stands alone.
+  }
+}
+
 int64_t Engine::Submit(int process_set, Request request) {
   std::shared_ptr<ProcessSetWorker> worker;
   int64_t id;
@@ -362,7 +437,12 @@ int64_t Engine::Submit(int process_set, Request request) {
     std::lock_guard<std::mutex> lock(mutex_);
     WorkerFor(process_set);
     worker = process_sets_[process_set].worker;
-    Validate(*worker, request);
+    try {
+      Validate(*worker, request);
+    } catch (const InvalidArgument& e) {
+      ReportRejected(*worker, request.spec, e.what());
+      throw;
+    }
 #if FUSECOMM_WITH_CUDA
     if (request.spec.device >= 0 && request.spec.num_elements() > 0) {
       // Ordered after everything the caller queued on its stream before submitting.
@@ -372,6 +452,7 @@ int64_t Engine::Submit(int process_set, Request request) {
 #endif
     id = next_handle_++;
     request.handle = std::make_shared<HandleState>();
+    request.handle->waiters = worker->wait_counter();
     handles_[id] = request.handle;
   }
   try {

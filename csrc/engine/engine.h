@@ -87,6 +87,9 @@ class Engine {
   std::shared_ptr<ProcessSetWorker> SharedWorker(int process_set);
   void CheckInitialized();
   void Validate(const ProcessSetWorker& worker, const Request& request);
+  // A request that failed Validate on this rank is still negotiated, marked with `error`, so
+  // the ranks that submitted the same name fail with a message naming this rank, not stall.
+  void ReportRejected(ProcessSetWorker& worker, const TensorSpec& spec, const std::string& error);
 
   std::mutex mutex_;
   Timeline timeline_;

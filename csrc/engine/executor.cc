@@ -5,6 +5,7 @@
 #include <cstring>
 #include <exception>
 
+#include "collectives/allreduce.h"
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
@@ -185,7 +186,19 @@ void Executor::RunReducescatter(DataPlane& plane, Request& r) {
   ReduceOp op = r.spec.reduce_op == ReduceOp::kAverage ? ReduceOp::kSum : r.spec.reduce_op;
   size_t mine = counts[comm.rank()];
   auto out = plane.AllocateOutput(mine * elem);
-  comm.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);
+  if (comm.NativeReductionSupports(r.spec.dtype, op)) {
+    comm.NativeReduceScatterv(send, out->data.get(), counts, r.spec.dtype, op);
+  } else {
+    // The transport cannot reduce this (see NativeReductionSupports): the engine's ring
+    // all-reduces a copy of the whole tensor and this rank keeps its block.
+    size_t before = 0;
+    for (int q = 0; q < comm.rank(); ++q) before += counts[q];
+    std::shared_ptr<void> whole = comm.memory().Allocate(total * elem);
+    comm.memory().Copy(whole.get(), send, total * elem);
+    RingAllreduce(comm, whole.get(), total, r.spec.dtype, op);
+    comm.memory().Copy(out->data.get(), static_cast<char*>(whole.get()) + before * elem,
+                       mine * elem);
+  }
   comm.memory().ScaledCopy(out->data.get(), out->data.get(), mine, r.spec.dtype,
                            PrepareFinish(plane, out->data.get(), mine, r.spec));
   r.handle->output = out;

@@ -1,5 +1,6 @@
 #include "engine/process_set_worker.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/errors.h"
@@ -23,7 +24,8 @@ ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> contr
       data_comm_(std::move(data_comm)),
       topology_(WithGlobal(std::move(topology), data_comm_.get())),
       controller_(std::move(control), config.cache_capacity,
-                  StallSettings{config.stall_warning_seconds, config.stall_shutdown_seconds}),
+                  StallSettings{config.stall_warning_seconds, config.stall_shutdown_seconds,
+                                config.deadlock_seconds}),
       timeline_(timeline),
       executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
                 [this](const std::string& name) { ReleaseName(name); }, timeline) {
@@ -50,9 +52,15 @@ void ProcessSetWorker::Submit(Request request) {
     }
     const std::string& name = request.spec.name;
     if (!in_flight_.insert(name).second) {
+      if (rejected_.count(name)) {
+        throw InvalidArgument("a collective named '" + name + "' was rejected on this rank and "
+                              "stays in flight until the other ranks submit '" + name +
+                              "' (so that they fail too, not stall); use another name");
+      }
       throw InvalidArgument("a collective named '" + name +
                             "' is already in flight on this rank; wait for it or use another name");
     }
+    if (!request.spec.argument_error.empty()) rejected_.insert(name);
     (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
     if (group_depth_ > 0) return;
   }
@@ -78,6 +86,7 @@ void ProcessSetWorker::EndGroup() {
 void ProcessSetWorker::ReleaseName(const std::string& name) {
   std::lock_guard<std::mutex> lock(mutex_);
   in_flight_.erase(name);
+  rejected_.erase(name);
 }
 
 void ProcessSetWorker::Shutdown(bool at_exit) {
@@ -87,6 +96,19 @@ void ProcessSetWorker::Shutdown(bool at_exit) {
   }
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
+}
+
+bool ProcessSetWorker::Blocked(const PendingTable& pending) const {
+  if (config_.deadlock_seconds <= 0) return false;
+  const int waiting = waiters_->waiting.load();
+  if (waiting == 0 || waiting != ThreadsWaitingOnAnySet()) return false;
+  const bool awaits_peers = controller_.joined() ||
+                           std::any_of(pending.begin(), pending.end(), [](const auto& entry) {
+                             return entry.second.request.spec.argument_error.empty();
+                           });
+  if (!awaits_peers) return false;
+  const std::chrono::duration<double> quiet = std::chrono::steady_clock::now() - last_activity_;
+  return quiet.count() >= config_.deadlock_seconds;
 }
 
 void ProcessSetWorker::Loop() {
@@ -116,12 +138,15 @@ void ProcessSetWorker::Loop() {
           entry.request = std::move(request);
           pending.emplace(std::move(name), std::move(entry));
         }
+        if (!queue_.empty() || (join_handle_ && !controller_.joined())) {
+          last_activity_ = std::chrono::steady_clock::now();
+        }
         queue_.clear();
         shutdown_requested = shutdown_requested_;
         if (join_handle_) controller_.Join();
       }
       if (timeline_->active()) timeline_->MarkCycle();
-      CycleResult result = controller_.RunCycle(pending, shutdown_requested);
+      CycleResult result = controller_.RunCycle(pending, shutdown_requested, Blocked(pending));
       if (result.shutdown) {
         reason = result.shutdown_rank == rank()
                      ? "fusecomm has been shut down"
@@ -152,6 +177,7 @@ void ProcessSetWorker::Loop() {
         continue;
       }
       executor_.Execute(result.responses, pending, controller_.joined());
+      if (!result.responses.empty()) last_activity_ = std::chrono::steady_clock::now();
     }
   } catch (const std::exception& e) {
     reason = std::string("fusecomm stopped: ") + e.what();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -31,6 +32,8 @@ class ProcessSetWorker {
   int rank() const { return data_comm_->rank(); }
   int size() const { return data_comm_->size(); }
   const Topology& topology() const { return topology_; }
+  // Counts the threads waiting on this set's handles (Engine::Submit hands it to each handle).
+  const std::shared_ptr<WaitCounter>& wait_counter() const { return waiters_; }
 
   // Queues a request. Throws InvalidArgument for a name already in flight and NotInitialized
   // once the worker has stopped.
@@ -47,6 +50,11 @@ class ProcessSetWorker {
  private:
   void Loop();
   void ReleaseName(const std::string& name);
+  // For the deadlock detector: this rank can only wait. Some thread waits on this set's
+  // handles and none on another set's (whose completion could lead to a submission here), it
+  // has requests pending (or has joined), and nothing was submitted or completed for the
+  // quiet time. A rank computing in Python has no waiting thread, so it is never blocked.
+  bool Blocked(const PendingTable& pending) const;
 
   const int id_;
   const Config config_;
@@ -62,11 +70,15 @@ class ProcessSetWorker {
   std::vector<Request> held_;  // submitted inside a group, not yet queued
   int group_depth_ = 0;
   std::unordered_set<std::string> in_flight_;
+  std::unordered_set<std::string> rejected_;  // in flight as a rejected request's marker
   std::string stop_reason_;
   int shutdown_requested_ = 0;  // 0 no, 1 shutdown(), 2 the process is exiting
   std::atomic<bool> stopped_{false};
   uint64_t next_sequence_ = 0;
   std::shared_ptr<HandleState> join_handle_;  // set while this rank's join() waits
+  std::shared_ptr<WaitCounter> waiters_ = std::make_shared<WaitCounter>();
+  // The engine thread's last submission taken in or response executed.
+  std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
   std::thread thread_;
 };
 

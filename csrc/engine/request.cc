@@ -39,9 +39,40 @@ bool HandleState::Done() {
   return done_;
 }
 
-void HandleState::Wait() {
+namespace {
+std::atomic<int> g_threads_waiting{0};
+
+// Counts the calling thread as waiting for as long as it is in scope.
+class WaitingScope {
+ public:
+  explicit WaitingScope(WaitCounter* set) : set_(set) {
+    if (set_) ++set_->waiting;
+    ++g_threads_waiting;
+  }
+  ~WaitingScope() {
+    --g_threads_waiting;
+    if (set_) --set_->waiting;
+  }
+  WaitingScope(const WaitingScope&) = delete;
+  WaitingScope& operator=(const WaitingScope&) = delete;
+
+ private:
+  WaitCounter* set_;
+};
+}  // namespace
+
+int ThreadsWaitingOnAnySet() { return g_threads_waiting.load(); }
+
+void HandleState::Wait(const std::function<void()>& between_waits,
+                       std::chrono::milliseconds period) {
+  WaitingScope scope(waiters.get());
   std::unique_lock<std::mutex> lock(mutex_);
-  done_cv_.wait(lock, [this] { return done_; });
+  while (!done_cv_.wait_for(lock, period, [this] { return done_; })) {
+    if (!between_waits) continue;
+    lock.unlock();
+    between_waits();
+    lock.lock();
+  }
   if (!error_.empty()) throw CollectiveError(error_);
 }
 

@@ -1,8 +1,11 @@
 // What a rank asks the engine for, and what the ranks agree to do.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,6 +27,9 @@ struct TensorSpec {
   double postscale = 1.0;
   int32_t device = -1;  // -1: host memory; >= 0: CUDA device ordinal
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::kAuto;
+  // Non-empty: this rank's request was invalid (it raised there). It is still negotiated so
+  // that the ranks waiting for the name fail too, instead of stalling.
+  std::string argument_error;
 
   int64_t num_elements() const;
   size_t num_bytes() const { return static_cast<size_t>(num_elements()) * DataTypeSize(dtype); }
@@ -45,12 +51,26 @@ struct EngineBuffer {
   int device = -1;
 };
 
+// Threads of this process blocked in HandleState::Wait on one process set's handles. The
+// deadlock detector counts a rank as stuck only while it waits (a rank that computes may still
+// submit), and only while it waits on that set alone.
+struct WaitCounter {
+  std::atomic<int> waiting{0};
+};
+// Threads blocked in HandleState::Wait on any process set's handles.
+int ThreadsWaitingOnAnySet();
+
 // Completion state of one submitted request, shared by the engine thread and the caller.
 class HandleState {
  public:
+  static constexpr std::chrono::milliseconds kWakePeriod{50};
+
   bool Done();
-  // Blocks until done; throws CollectiveError with the failure message.
-  void Wait();
+  // Blocks until done; throws CollectiveError with the failure message. Every `period` it
+  // calls `between_waits` (when set), which may throw to abandon the wait (a Python signal
+  // handler raising KeyboardInterrupt): the request then stays in flight.
+  void Wait(const std::function<void()>& between_waits = {},
+            std::chrono::milliseconds period = kWakePeriod);
   void Complete();
   void Fail(const std::string& message);
 
@@ -59,6 +79,8 @@ class HandleState {
   std::vector<int64_t> output_shape;
   // alltoall: rows received from each rank; join: {the last rank to join}
   std::vector<int64_t> received_splits;
+  // The process set's count of waiting threads (set at submission; may be null).
+  std::shared_ptr<WaitCounter> waiters;
 
  private:
   std::mutex mutex_;

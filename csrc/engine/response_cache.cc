@@ -13,6 +13,7 @@ bool SpecsAgree(const TensorSpec& a, const TensorSpec& b, std::string* field) {
     if (field) *field = what;
     return false;
   };
+  if (a.argument_error != b.argument_error) return differ("argument errors");
   if (a.op_type != b.op_type) return differ("operations");
   if (a.dtype != b.dtype) return differ("data types");
   // CPU or GPU must agree; the GPU's ordinal is each rank's own (usually its local rank).

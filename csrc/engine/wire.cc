@@ -31,6 +31,7 @@ class Writer {
     Put<double>(spec.postscale);
     Put<int32_t>(spec.device);
     Put<int32_t>(static_cast<int32_t>(spec.algorithm));
+    PutString(spec.argument_error);
   }
   std::vector<char> bytes;
 };
@@ -66,6 +67,7 @@ class Reader {
     spec.postscale = Get<double>();
     spec.device = Get<int32_t>();
     spec.algorithm = static_cast<AllreduceAlgorithm>(Get<int32_t>());
+    spec.argument_error = GetString();
     return spec;
   }
   bool AtEnd() const { return pos_ == size_; }

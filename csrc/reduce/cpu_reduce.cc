@@ -417,6 +417,8 @@ void CpuReduceInto(void* dst, const void* src, size_t count, DataType dtype, Red
     case DataType::kFloat16: return ReduceHalfLike<HalfCodec>(dst, src, count, op);
     case DataType::kBFloat16: return ReduceHalfLike<BFloat16Codec>(dst, src, count, op);
     case DataType::kBool: return ReduceBool(dst, src, count, op);
+    case DataType::kInt16: return ReduceNative<int16_t>(dst, src, count, op);
+    case DataType::kUInt16: return ReduceNative<uint16_t>(dst, src, count, op);
   }
   ThrowBadType(dtype);
 }
@@ -436,6 +438,8 @@ void CpuScaledCopy(void* dst, const void* src, size_t count, DataType dtype, dou
     case DataType::kInt8: return ScaleInt<int8_t>(dst, src, count, factor);
     case DataType::kInt32: return ScaleInt<int32_t>(dst, src, count, factor);
     case DataType::kInt64: return ScaleInt<int64_t>(dst, src, count, factor);
+    case DataType::kInt16: return ScaleInt<int16_t>(dst, src, count, factor);
+    case DataType::kUInt16: return ScaleInt<uint16_t>(dst, src, count, factor);
     default: return ScaleFloat(dst, src, count, dtype, factor);
   }
 }
@@ -451,6 +455,8 @@ void CpuDivide(void* dst, const void* src, size_t count, DataType dtype, int64_t
     case DataType::kInt8: return DivideInt<int8_t>(dst, src, count, divisor);
     case DataType::kInt32: return DivideInt<int32_t>(dst, src, count, divisor);
     case DataType::kInt64: return DivideInt<int64_t>(dst, src, count, divisor);
+    case DataType::kInt16: return DivideInt<int16_t>(dst, src, count, divisor);
+    case DataType::kUInt16: return DivideInt<uint16_t>(dst, src, count, divisor);
     default: return ScaleFloat(dst, src, count, dtype, 1.0 / static_cast<double>(divisor));
   }
 }

@@ -510,6 +510,8 @@ void VisitCodec(DataType dtype, Visitor&& visit) {
     case DataType::kFloat32: return visit(NativeCodec<float>{});
     case DataType::kFloat64: return visit(NativeCodec<double>{});
     case DataType::kBool: return visit(BoolCodec{});
+    case DataType::kInt16: return visit(NativeCodec<int16_t>{});
+    case DataType::kUInt16: return visit(NativeCodec<uint16_t>{});
   }
   ThrowBadType(dtype);
 }

@@ -55,6 +55,14 @@ class Comm {
   // comm. color < 0 means "not a member": returns nullptr on that rank.
   virtual std::unique_ptr<Comm> Split(int color, int key) = 0;
 
+  // Whether NativeAllreduce/NativeReduceScatterv can reduce `dtype` with `op` as the engine's
+  // own kernels do (NCCL has no 16-bit integers, and its float Min/Max drop NaN); where not,
+  // the engine runs its own algorithms over point-to-point instead.
+  virtual bool NativeReductionSupports(DataType dtype, ReduceOp op) const {
+    (void)dtype;
+    (void)op;
+    return true;
+  }
   // Native collectives (in-place unless stated).
   virtual void NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) = 0;
   virtual void NativeBroadcast(void* buf, size_t bytes, int root) = 0;

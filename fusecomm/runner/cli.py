@@ -16,6 +16,10 @@ def main(argv=None):
     from fusecomm.runner import bench
 
     bench.add_arguments(bench_parser)
+    from fusecomm.runner import testbed
+
+    testbed.add_arguments(sub.add_parser(
+        "testbed", help="a cluster of nodes on this machine (network namespaces, shaped links)"))
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -26,6 +30,8 @@ def main(argv=None):
 
         print(check_build.report())
         return 0
+    if args.action == "testbed":
+        return testbed.main(args)
     return bench.run(args)
 
 

@@ -1,10 +1,14 @@
 """`fusecomm run`: starts a job with the mpirun of the MPI fusecomm was built against."""
 import argparse
 import os
+import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 
 from fusecomm.basics import _SETTINGS
 from fusecomm.runner import rank_wrapper
@@ -41,9 +45,19 @@ def mpi_flavour(mpirun):
     return "unknown"
 
 
+def rank_count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of ranks") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the job needs at least 1 rank (got {value})")
+    return value
+
+
 def add_arguments(parser):
-    parser.add_argument("-np", "--num-proc", dest="np", type=int, required=True,
-                        help="number of ranks")
+    parser.add_argument("-np", "--num-proc", dest="np", type=rank_count, required=True,
+                        help="number of ranks (at least 1)")
     parser.add_argument("-H", "--hosts", help="host:slots,... (default: this machine)")
     parser.add_argument("--hostfile", help="file of hosts, one 'host slots=N' per line")
     parser.add_argument("--mpi-args", default="", help="extra arguments passed to mpirun as is")
@@ -55,10 +69,11 @@ def add_arguments(parser):
                         help="the program to run on every rank (after --)")
 
 
-def build_command(args, mpirun, flavour, is_root):
+def build_command(args, mpirun, flavour, is_root, launcher_env=None):
     cmd = [mpirun, "-np", str(args.np)]
     env_pairs = {_SETTINGS[k]: str(getattr(args, k)) for k in _SETTINGS
                  if getattr(args, k) is not None}
+    env_pairs.update(launcher_env or {})
     if flavour == "openmpi":
         # More ranks than cores is normal for tests; Open MPI refuses it unless asked.
         # --enable-recovery: when a rank dies the others are not killed at once, so each gets
@@ -96,11 +111,112 @@ def build_command(args, mpirun, flavour, is_root):
     return cmd + wrapper + command, env_pairs
 
 
+# Printed by Open MPI 4.1's mpirun under --enable-recovery each time a rank ends abnormally: its
+# notice of the termination to the other ranks names target processes with a range PMIx 4
+# rejects (pmix_event_notification.c, PMIX_ERR_BAD_PARAM). Nothing listens for that notice in
+# fusecomm (the heartbeat finds dead ranks), so the line says nothing about the job.
+_PMIX_NOTICE_NOISE = re.compile(
+    r"^\[[^\]]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+\s*$")
+
+
+def _seconds_setting(args, key, default):
+    """A rank setting in seconds as the ranks will see it (flag, else environment); the
+    default where unset, off (0) or unreadable (the ranks reject a bad value themselves)."""
+    text = getattr(args, key) or os.environ.get(_SETTINGS[key])
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def failure_grace_seconds(args):
+    """How long the other ranks may still run after one failed. Every fusecomm wait gives up
+    within the liveness timeout (a rank waiting in init() for one that never comes, within the
+    init timeout) and an exit after a failure within another such period, so this is reached
+    only when a rank is stuck outside fusecomm; with --enable-recovery mpirun itself would never
+    end the job then."""
+    waits = max(_seconds_setting(args, "liveness_timeout_seconds", 15.0),
+                _seconds_setting(args, "init_timeout_seconds", 60.0))
+    return 2 * waits + 30.0
+
+
+class _Failures:
+    """The ranks' failure markers. The first failure is the earliest of those not caused by
+    another rank's failure (rank_wrapper's doc says how each is known), not the first printed."""
+
+    def __init__(self):
+        self.markers = []
+        self._lock = threading.Lock()  # the status service reads from its own thread
+
+    def add(self, line):
+        text = line.split(rank_wrapper.MARKER, 1)[1].strip()
+        when = rank_wrapper.failure_time(text)
+        secondary = rank_wrapper.caused_by(text) is not None
+        with self._lock:
+            self.markers.append((secondary, when if when is not None else float("inf"),
+                                 len(self.markers), text))
+            return len(self.markers)
+
+    def first(self):
+        with self._lock:
+            return min(self.markers)[3] if self.markers else None
+
+
+class _StatusService:
+    """Tells ranks which rank has failed. A rank waiting in MPI start-up for a peer cannot
+    learn through MPI that the peer died; fusecomm's init watchdog asks here each second
+    (csrc/common/launcher_status.h) and ends naming the rank. One line in, one line out:
+    the token, then "failed: <first failure>" or "none"."""
+
+    def __init__(self, failures, local_only):
+        self._failures = failures
+        self._token = secrets.token_hex(16)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A single-host job's ranks find the launcher on the loopback interface; ranks on other
+        # hosts need the host's name (and a token, since anyone can connect).
+        self._socket.bind(("127.0.0.1" if local_only else "", 0))
+        self._socket.listen(128)
+        host = "127.0.0.1" if local_only else socket.gethostname()
+        self.address = f"{host}:{self._socket.getsockname()[1]}:{self._token}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return  # closed: the job is over
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    if conn.recv(256).decode(errors="replace").strip() != self._token:
+                        continue
+                    first = self._failures.first()
+                    reply = f"failed: {rank_wrapper.without_time(first)}" if first else "none"
+                    conn.sendall((reply + "\n").encode())
+                except OSError:
+                    continue  # a rank that gave up waiting; it asks again
+
+    def close(self):
+        self._socket.close()
+
+
 def run(args):
     mpirun = find_mpirun()
     flavour = mpi_flavour(mpirun)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    cmd, env_pairs = build_command(args, mpirun, flavour, is_root)
+    failures = _Failures()
+    status = _StatusService(failures, local_only=not (args.hosts or args.hostfile))
+    try:
+        return _run_job(args, mpirun, flavour, is_root, failures, status)
+    finally:
+        status.close()
+
+
+def _run_job(args, mpirun, flavour, is_root, failures, status):
+    cmd, env_pairs = build_command(args, mpirun, flavour, is_root,
+                                   {"FUSECOMM_RUN_STATUS": status.address})
     env = dict(os.environ)
     env.update(env_pairs)
     if flavour == "openmpi":
@@ -112,18 +228,39 @@ def run(args):
     # Output passes through line by line; the wrappers' markers say how each rank ended.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
-    first_failure = None
+    grace = failure_grace_seconds(args)
+
+    def stop_job():
+        if proc.poll() is not None:
+            return
+        print(f"fusecomm run: ranks still running {grace:.0f} s after a rank failed; ending the "
+              "job", file=sys.stderr, flush=True)
+        proc.terminate()  # mpirun passes SIGTERM on to the ranks, then kills them
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    backstop = threading.Timer(grace, stop_job)
+    backstop.daemon = True
     try:
         for line in proc.stdout:
+            if _PMIX_NOTICE_NOISE.match(line):
+                continue
             sys.stdout.write(line)
             sys.stdout.flush()
-            if first_failure is None and rank_wrapper.MARKER in line:
-                first_failure = line.split(rank_wrapper.MARKER, 1)[1].strip()
+            if rank_wrapper.MARKER in line:
+                if failures.add(line) == 1:
+                    backstop.start()
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+    finally:
+        backstop.cancel()
+    first_failure = failures.first()
     if first_failure:
-        print(f"fusecomm run: the first rank to fail: {first_failure}", file=sys.stderr)
+        print(f"fusecomm run: the first rank to fail: {rank_wrapper.without_time(first_failure)}",
+              file=sys.stderr)
         return rank_wrapper.exit_status(first_failure) or code or 1
     return code

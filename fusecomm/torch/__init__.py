@@ -2,7 +2,9 @@
 
 Change `import horovod.torch as hvd` to `import fusecomm.torch as hvd`; names, arguments,
 defaults and return values are Horovod's (v0.28). Differences: CUDA tensors need a CUDA build;
-Adasum raises NotImplementedError; horovod.torch.elastic has no counterpart yet."""
+Adasum raises NotImplementedError; fusecomm.torch.elastic only names horovod.torch.elastic's API
+(using it raises NotImplementedError)."""
+from fusecomm.torch import elastic
 from fusecomm.torch.compression import Compression
 from fusecomm.torch.functions import (allgather_object, broadcast_object,
                                       broadcast_optimizer_state, broadcast_parameters)
@@ -23,5 +25,5 @@ from fusecomm.torch.mpi_ops import (Adasum, Average, CollectiveError, HorovodInt
                                     reducescatter, reducescatter_async, remove_process_set,
                                     rocm_built, shutdown, size, sparse_allreduce_async,
                                     start_timeline, stop_timeline, synchronize)
-from fusecomm.torch.optimizer import DistributedOptimizer
+from fusecomm.torch.optimizer import DistributedOptimizer, PartialDistributedOptimizer
 from fusecomm.torch.sync_batch_norm import SyncBatchNorm

@@ -27,12 +27,36 @@ def broadcast_parameters(params, root_rank, process_set=global_process_set):
         synchronize(handle)
 
 
-def _describe(value):
-    """A state entry as sent by the root: tensors by shape and dtype (their values follow by
-    broadcast), anything else (step counters, flags) by value."""
+def _describe(value, param):
+    """A state entry as sent by the root: tensors by shape, dtype and whether they live on
+    their parameter's device (Adam's `step` stays on the CPU beside a GPU parameter); their
+    values follow by broadcast. Anything else (step counters, flags) goes by value."""
     if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), value.dtype)
+        return ("tensor", tuple(value.shape), value.dtype, value.device == param.device)
     return ("value", value)
+
+
+def _state_tensor(mine, shape, dtype, on_param_device, param):
+    """This rank's tensor for a state entry the root has: its own when it matches, otherwise
+    a new one on the device the root keeps it on (the parameter's, or the CPU), so the
+    broadcast sees the same device on every rank."""
+    if torch.is_tensor(mine) and tuple(mine.shape) == shape and mine.dtype == dtype and \
+            (mine.device == param.device) == on_param_device:
+        return mine
+    return torch.empty(shape, dtype=dtype,
+                       device=param.device if on_param_device else torch.device("cpu"))
+
+
+def _create_missing_grads(optimizer):
+    """Horovod's broadcast_optimizer_state leaves every trainable parameter of a fresh
+    optimizer with a zero .grad (it runs a step on them), and scripts go on to use p.grad:
+    give one to each parameter that has none."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and p.grad is None:
+                grad = torch.zeros_like(p)
+                p.grad = grad.to_sparse() if isinstance(optimizer, torch.optim.SparseAdam) \
+                    else grad
 
 
 def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_set):
@@ -41,15 +65,21 @@ def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_s
 
     Unlike Horovod, this does not run a zero-gradient step to create missing state (which
     changes parameters under weight decay): the root describes its state, the other ranks
-    allocate what they lack, the tensors are broadcast in place and the result is loaded."""
+    allocate what they lack (on the device the root keeps it on), the tensors are broadcast in
+    place and the result is loaded. As in Horovod, a fresh optimizer's parameters are left
+    with zero gradients (only where .grad is None: existing gradients are kept)."""
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ValueError("cannot broadcast torch.optim.LBFGS state")
     state_dict = optimizer.state_dict()
+    if not state_dict["state"]:
+        _create_missing_grads(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     is_root = rank() == root_rank
     layout = None
     if is_root:
         layout = {"param_groups": state_dict["param_groups"],
-                  "state": {pid: {key: _describe(value) for key, value in entries.items()}
+                  "state": {pid: {key: _describe(value, params[pid])
+                                  for key, value in entries.items()}
                             for pid, entries in state_dict["state"].items()}}
     layout = broadcast_object(layout, root_rank, name="optimizer_state_layout",
                               process_set=process_set)
@@ -62,16 +92,28 @@ def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_s
             if kind == "value":
                 state[pid][key] = spec[0]
                 continue
-            shape, dtype = spec
-            tensor = mine.get(key)
-            if not (torch.is_tensor(tensor) and tuple(tensor.shape) == shape
-                    and tensor.dtype == dtype):
-                tensor = torch.empty(shape, dtype=dtype)
+            tensor = _state_tensor(mine.get(key), *spec, params[pid])
             state[pid][key] = tensor
             tensors.append((f"optimizer_state.{pid}.{key}", tensor))
     broadcast_parameters(tensors, root_rank, process_set=process_set)
     if not is_root:
-        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+        _install(optimizer, params, state, layout["param_groups"])
+
+
+def _install(optimizer, params, state, param_groups):
+    """Makes `state` and the groups' options the optimizer's own, as they are: unlike
+    load_state_dict, which would cast every state tensor to its parameter's dtype (an int16
+    counter would become a float on these ranks and stay int16 on the root)."""
+    if len(param_groups) != len(optimizer.param_groups):
+        raise ValueError(f"the root's optimizer has {len(param_groups)} parameter groups, this "
+                         f"rank's {len(optimizer.param_groups)}")
+    for group, root_group in zip(optimizer.param_groups, param_groups):
+        group.update({key: value for key, value in root_group.items() if key != "params"})
+    for pid, p in enumerate(params):
+        if pid in state:
+            optimizer.state[p] = state[pid]
+        else:
+            optimizer.state.pop(p, None)
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):

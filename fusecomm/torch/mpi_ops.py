@@ -30,19 +30,17 @@ from fusecomm.torch.compression import Compression
 _DTYPE_NAMES = {
     torch.uint8: "uint8", torch.int8: "int8", torch.int32: "int32", torch.int64: "int64",
     torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
-    torch.float64: "float64", torch.bool: "bool",
+    torch.float64: "float64", torch.bool: "bool", torch.int16: "int16",
 }
+if hasattr(torch, "uint16"):  # torch >= 2.3
+    _DTYPE_NAMES[torch.uint16] = "uint16"
 _SUPPORTED_DTYPES = ", ".join(str(d) for d in _DTYPE_NAMES)
 
 
 # ---- Validation and submission -----------------------------------------------------------------
 
 def _dtype_code(dtype):
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        raise TypeError(f"fusecomm does not support tensors of dtype {dtype}; "
-                        f"supported: {_SUPPORTED_DTYPES}")
-    return _engine.dtype_code(name)
+    return _engine.dtype_code(_DTYPE_NAMES.get(dtype), shown=(dtype, _SUPPORTED_DTYPES))
 
 
 def _device_index(tensor):
@@ -464,11 +462,16 @@ def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
 # ---- alltoall ---------------------------------------------------------------------------------
 
 def _split_list(splits):
+    """splits as a list of ints. Like Horovod (whose engine answers 'alltoall expects splits to
+    contain 32-bit integer elements' / 'a 1D splits tensor' with a ValueError), anything that is
+    not a 1-D sequence of integers is a ValueError."""
     if splits is None:
         return None
     if isinstance(splits, torch.Tensor):
-        if splits.dim() != 1 or splits.dtype.is_floating_point or splits.dtype == torch.bool:
-            raise TypeError("splits must be a 1-D tensor of integers")
+        if splits.dim() != 1 or splits.dtype.is_floating_point or splits.dtype.is_complex \
+                or splits.dtype == torch.bool:
+            raise ValueError("alltoall expects splits to be a 1-D tensor of integers, not a "
+                             f"{splits.dim()}-D tensor of {splits.dtype}")
         return [int(s) for s in splits.tolist()]
     try:
         values = list(splits)
@@ -476,7 +479,8 @@ def _split_list(splits):
             raise TypeError
         return [operator.index(s) for s in values]
     except TypeError:
-        raise TypeError("splits must be a 1-D sequence of integers") from None
+        raise ValueError(f"alltoall expects splits to be a 1-D sequence of integers, not "
+                         f"{splits!r}") from None
 
 
 def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):

@@ -51,8 +51,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     """Mixed in front of the wrapped optimizer's class; never instantiated on its own."""
 
     def _init_distributed(self, named_parameters, compression, backward_passes_per_step, op,
-                          gradient_predivide_factor, groups, sparse_as_dense, process_set):
+                          gradient_predivide_factor, groups, sparse_as_dense, process_set,
+                          local_parameters=()):
         self._compression = compression
+        # Parameters each rank trains on its own (PartialDistributedOptimizer): never reduced.
+        self._local_parameters = {id(p) for p in local_parameters}
         all_params = [p for group in self.param_groups for p in group["params"]]
         if named_parameters is not None:
             named_parameters = list(named_parameters)
@@ -99,7 +102,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     # -- hooks ------------------------------------------------------------------------------
 
     def _register_hooks(self):
-        params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        params = [p for group in self.param_groups for p in group["params"]
+                  if p.requires_grad and id(p) not in self._local_parameters]
         if self._groups is not None:
             self._form_groups(params)
         # The hooks reach the optimizer through a weak reference and are removed when it is
@@ -336,6 +340,46 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
 
     Returns an object of a dynamic subclass of the optimizer's class, sharing its parameter
     groups, defaults and state."""
+    return _wrap(optimizer, named_parameters, compression, backward_passes_per_step, op,
+                 gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set)
+
+
+def PartialDistributedOptimizer(optimizer, named_parameters=None, compression=Compression.none,
+                                backward_passes_per_step=1, op=Average,
+                                gradient_predivide_factor=1.0, num_groups=0, groups=None,
+                                sparse_as_dense=False, process_set=global_process_set,
+                                local_layers=None):
+    """DistributedOptimizer for a model with local layers (Horovod 0.28): the parameters of
+    `local_layers` (a torch.nn.Module or a list of them) are trained by each rank on its own,
+    their gradients never reduced; every other parameter is reduced as by
+    DistributedOptimizer. local_layers=None: the same as DistributedOptimizer."""
+    if local_layers is None:
+        local_layers = []
+    elif isinstance(local_layers, torch.nn.Module):
+        local_layers = [local_layers]
+    if not isinstance(local_layers, (list, tuple)) or \
+            not all(isinstance(m, torch.nn.Module) for m in local_layers):
+        raise ValueError("local_layers must be a torch.nn.Module or a list of torch.nn.Module, "
+                         f"not {local_layers!r}")
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    local = [p for m in local_layers for p in m.parameters()]
+    stray = [tuple(p.shape) for p in local if id(p) not in optimized]
+    if stray:
+        raise ValueError(f"local_layers hold {len(stray)} parameter(s) the optimizer does not "
+                         f"optimize (shapes: {', '.join(map(str, stray))})")
+    if isinstance(groups, list):
+        local_ids = {id(p) for p in local}
+        if any(id(p) in local_ids for group in groups for p in group):
+            raise ValueError("groups must not contain parameters of local_layers: those are "
+                             "never reduced")
+    return _wrap(optimizer, named_parameters, compression, backward_passes_per_step, op,
+                 gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
+                 local)
+
+
+def _wrap(optimizer, named_parameters, compression, backward_passes_per_step, op,
+          gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
+          local_parameters=()):
     if isinstance(optimizer, _DistributedOptimizer):
         raise ValueError("this optimizer is already a DistributedOptimizer")
     op = _engine.resolve_op(op)  # Adasum: NotImplementedError with a message
@@ -364,5 +408,6 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     wrapped = cls.__new__(cls)
     wrapped.__dict__.update(optimizer.__dict__)
     wrapped._init_distributed(named_parameters, compression, backward_passes_per_step, op,
-                              gradient_predivide_factor, groups, sparse_as_dense, process_set)
+                              gradient_predivide_factor, groups, sparse_as_dense, process_set,
+                              local_parameters)
     return wrapped

@@ -122,6 +122,8 @@ std::vector<uint8_t> MakeInput(DataType dtype, ReduceOp op, int rank, size_t cou
       case DataType::kInt8:
       case DataType::kInt32:
       case DataType::kInt64:
+      case DataType::kInt16:
+      case DataType::kUInt16:
         std::memcpy(dst, &bits, elem);
         break;
       case DataType::kBool:
@@ -213,6 +215,8 @@ void ReferenceReduce(void* acc, const void* in, size_t count, DataType dtype, Re
     case DataType::kInt8: return ReduceIntegers<int8_t, uint8_t>(acc, in, count, op);
     case DataType::kInt32: return ReduceIntegers<int32_t, uint32_t>(acc, in, count, op);
     case DataType::kInt64: return ReduceIntegers<int64_t, uint64_t>(acc, in, count, op);
+    case DataType::kInt16: return ReduceIntegers<int16_t, uint16_t>(acc, in, count, op);
+    case DataType::kUInt16: return ReduceIntegers<uint16_t, uint16_t>(acc, in, count, op);
     case DataType::kFloat16: return ReduceHalves(acc, in, count, op, false);
     case DataType::kBFloat16: return ReduceHalves(acc, in, count, op, true);
     case DataType::kFloat32: return ReduceFloats<float>(acc, in, count, op);
@@ -244,6 +248,8 @@ double ElementValue(const uint8_t* p, DataType dtype) {
     case DataType::kBool: return *p;
     case DataType::kInt32: { int32_t v; std::memcpy(&v, p, 4); return v; }
     case DataType::kInt64: { int64_t v; std::memcpy(&v, p, 8); return static_cast<double>(v); }
+    case DataType::kInt16: { int16_t v; std::memcpy(&v, p, 2); return v; }
+    case DataType::kUInt16: { uint16_t v; std::memcpy(&v, p, 2); return v; }
     case DataType::kFloat16: std::memcpy(&h, p, 2); return HalfToFloat(h);
     case DataType::kBFloat16: std::memcpy(&h, p, 2); return BFloat16ToFloat(h);
     case DataType::kFloat32: { float v; std::memcpy(&v, p, 4); return v; }
@@ -524,7 +530,8 @@ int main(int argc, char** argv) {
     const std::vector<Algorithm> algos = MakeAlgorithms(t);
     const DataType all_types[] = {DataType::kUInt8,   DataType::kInt8,     DataType::kInt32,
                                   DataType::kInt64,   DataType::kFloat16,  DataType::kBFloat16,
-                                  DataType::kFloat32, DataType::kFloat64,  DataType::kBool};
+                                  DataType::kFloat32, DataType::kFloat64,  DataType::kBool,
+                                  DataType::kInt16,   DataType::kUInt16};
     const ReduceOp all_ops[] = {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax,
                                 ReduceOp::kProduct};
 

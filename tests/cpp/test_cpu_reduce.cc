@@ -200,6 +200,8 @@ void RefReduce(std::vector<uint8_t>& d, const std::vector<uint8_t>& s, size_t n,
       case DataType::kInt8: RefIntAt<int8_t>(d, s, i, op); break;
       case DataType::kInt32: RefIntAt<int32_t>(d, s, i, op); break;
       case DataType::kInt64: RefIntAt<int64_t>(d, s, i, op); break;
+      case DataType::kInt16: RefIntAt<int16_t>(d, s, i, op); break;
+      case DataType::kUInt16: RefIntAt<uint16_t>(d, s, i, op); break;
       case DataType::kFloat32: RefFloatAt<float>(d, s, i, op); break;
       case DataType::kFloat64: RefFloatAt<double>(d, s, i, op); break;
       case DataType::kFloat16: {
@@ -313,7 +315,8 @@ std::vector<uint8_t> RandomBuffer(Rng& rng, DataType dt, size_t n) {
 
 const DataType kAllTypes[] = {DataType::kUInt8,   DataType::kInt8,     DataType::kInt32,
                               DataType::kInt64,   DataType::kFloat16,  DataType::kBFloat16,
-                              DataType::kFloat32, DataType::kFloat64,  DataType::kBool};
+                              DataType::kFloat32, DataType::kFloat64,  DataType::kBool,
+                              DataType::kInt16,   DataType::kUInt16};
 const ReduceOp kAllOps[] = {ReduceOp::kSum, ReduceOp::kAverage, ReduceOp::kMin, ReduceOp::kMax,
                             ReduceOp::kProduct};
 const size_t kSizes[] = {0, 1, 7, 8, 255, 256, 257, 1000, 1000003};
@@ -524,6 +527,8 @@ void RefScale(std::vector<uint8_t>& d, const std::vector<uint8_t>& s, size_t n, 
       case DataType::kInt8: RefScaleIntAt<int8_t>(d, s, i, f); break;
       case DataType::kInt32: RefScaleIntAt<int32_t>(d, s, i, f); break;
       case DataType::kInt64: RefScaleIntAt<int64_t>(d, s, i, f); break;
+      case DataType::kInt16: RefScaleIntAt<int16_t>(d, s, i, f); break;
+      case DataType::kUInt16: RefScaleIntAt<uint16_t>(d, s, i, f); break;
       case DataType::kFloat32: Store<float>(d, i, Load<float>(s, i) * ff); break;
       case DataType::kFloat64: Store<double>(d, i, Load<double>(s, i) * f); break;
       case DataType::kFloat16:
@@ -639,6 +644,8 @@ void TestDivide() {
   TestDivideInt<int8_t>(DataType::kInt8, rng);
   TestDivideInt<int32_t>(DataType::kInt32, rng);
   TestDivideInt<int64_t>(DataType::kInt64, rng);
+  TestDivideInt<int16_t>(DataType::kInt16, rng);
+  TestDivideInt<uint16_t>(DataType::kUInt16, rng);
   // Floats multiply by 1/divisor.
   for (DataType dt :
        {DataType::kFloat16, DataType::kBFloat16, DataType::kFloat32, DataType::kFloat64}) {

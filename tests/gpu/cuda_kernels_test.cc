@@ -132,6 +132,10 @@ void FillRandom(uint8_t* p, DataType dtype, size_t n, Rng& rng) {
       case DataType::kInt32:
         Store<uint32_t>(p, i, static_cast<uint32_t>(rng.Next()));
         break;
+      case DataType::kInt16:
+      case DataType::kUInt16:
+        Store<uint16_t>(p, i, static_cast<uint16_t>(rng.Next()));
+        break;
       case DataType::kInt64:
         Store<uint64_t>(p, i, rng.Next());
         break;
@@ -223,7 +227,8 @@ std::string Compare(const Bytes& expected, const Bytes& actual, DataType dtype) 
 
 constexpr DataType kAllTypes[] = {DataType::kUInt8,   DataType::kInt8,    DataType::kInt32,
                                   DataType::kInt64,   DataType::kFloat16, DataType::kBFloat16,
-                                  DataType::kFloat32, DataType::kFloat64, DataType::kBool};
+                                  DataType::kFloat32, DataType::kFloat64, DataType::kBool,
+                                  DataType::kInt16,   DataType::kUInt16};
 constexpr ReduceOp kAllOps[] = {ReduceOp::kSum, ReduceOp::kAverage, ReduceOp::kMin,
                                 ReduceOp::kMax, ReduceOp::kProduct};
 

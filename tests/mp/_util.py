@@ -6,7 +6,8 @@ import traceback
 import numpy as np
 
 # Every dtype the core supports, as NumPy names (bfloat16 through ml_dtypes when present).
-NUMPY_DTYPES = ["uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"]
+NUMPY_DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64",
+                "bool"]
 try:
     import ml_dtypes  # noqa: F401  (ships with TensorFlow)
 
@@ -36,8 +37,8 @@ def rank_data(seed, rank, shape, dtype_name, for_product=False):
         return rng.choice([-2.0, -1.0, 1.0, 2.0], size=shape).astype(numpy_dtype(dtype_name))
     if dtype_name == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype_name == "uint8":
-        return rng.integers(0, 4, size=shape).astype(np.uint8)
+    if dtype_name in ("uint8", "uint16"):
+        return rng.integers(0, 4, size=shape).astype(numpy_dtype(dtype_name))
     return rng.integers(-3, 4, size=shape).astype(numpy_dtype(dtype_name))
 
 

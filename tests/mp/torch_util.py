@@ -9,8 +9,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import SIZES, rank_data, run_main  # noqa: E402,F401  (re-exported)
 
 # Every dtype the engine supports, as torch dtypes.
-DTYPES = [torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16, torch.bfloat16,
-          torch.float32, torch.float64, torch.bool]
+DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+          torch.bfloat16, torch.float32, torch.float64, torch.bool]
+if hasattr(torch, "uint16"):  # torch >= 2.3
+    DTYPES.insert(2, torch.uint16)
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 # Relative tolerance of one rounding in each floating dtype (twice the unit roundoff).

@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -21,6 +23,14 @@ class LivenessMonitor {
   ~LivenessMonitor();
   // Tells the peers this rank leaves on purpose (no alarm), then stops the thread.
   void Stop();
+  // Stops the thread without the goodbye: for a rank whose init failed alone, so peers still
+  // waiting for it in init take its silence for a failure (and name it) instead of waiting on.
+  void StopSilently();
+
+  // The peers the running monitor has not heard from for at least `seconds`, as (rank in the
+  // global set, seconds silent): rank 0 watches every rank, the others watch rank 0. Empty when
+  // no monitor runs. A frozen (SIGSTOP) or hung process is silent; a busy one is not.
+  static std::vector<std::pair<int, double>> SilentPeers(double seconds);
 
  private:
   void Loop();
@@ -32,6 +42,10 @@ class LivenessMonitor {
   std::chrono::duration<double> interval_;
   std::chrono::duration<double> timeout_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> say_goodbye_{true};
+  std::mutex heard_mutex_;  // guards last_heard_ (read by SilentPeers from other threads)
+  std::vector<std::chrono::steady_clock::time_point> last_heard_;
+  std::vector<bool> departed_;
   std::thread thread_;
 };
 

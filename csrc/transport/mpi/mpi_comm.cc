@@ -1,6 +1,7 @@
 #include "transport/mpi/mpi_comm.h"
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstring>
 #include <numeric>
@@ -67,8 +68,10 @@ class MpiRequests : public CommRequest {
   int tag_;
 };
 
-// User-defined MPI ops for the types MPI has no native reduction for (fp16, bf16) and for
-// bool semantics. One op per (dtype, ReduceOp), created lazily and never freed.
+// User-defined MPI ops: for the types MPI has no native reduction for (fp16, bf16), for bool
+// semantics, and for float Min/Max, where MPI_MIN/MPI_MAX drop NaN while every other algorithm
+// propagates it. One op per (dtype, ReduceOp), never freed. The table is a function-local
+// static, so process sets' threads racing to first use create it exactly once.
 template <DataType D, ReduceOp R>
 void MpiUserReduce(void* in, void* inout, int* len, MPI_Datatype*) {
   CpuReduceInto(inout, in, static_cast<size_t>(*len), D, R);
@@ -76,23 +79,33 @@ void MpiUserReduce(void* in, void* inout, int* len, MPI_Datatype*) {
 
 template <DataType D>
 MPI_Op UserOpFor(ReduceOp op) {
-  static MPI_Op ops[5] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
-  static MPI_User_function* fns[5] = {
-      &MpiUserReduce<D, ReduceOp::kSum>, &MpiUserReduce<D, ReduceOp::kSum>,
-      &MpiUserReduce<D, ReduceOp::kMin>, &MpiUserReduce<D, ReduceOp::kMax>,
-      &MpiUserReduce<D, ReduceOp::kProduct>};
-  int i = static_cast<int>(op);
-  if (ops[i] == MPI_OP_NULL) CheckMpi(MPI_Op_create(fns[i], 1, &ops[i]), "MPI_Op_create");
-  return ops[i];
+  static const std::array<MPI_Op, 5> ops = [] {
+    MPI_User_function* fns[5] = {
+        &MpiUserReduce<D, ReduceOp::kSum>, &MpiUserReduce<D, ReduceOp::kSum>,
+        &MpiUserReduce<D, ReduceOp::kMin>, &MpiUserReduce<D, ReduceOp::kMax>,
+        &MpiUserReduce<D, ReduceOp::kProduct>};
+    std::array<MPI_Op, 5> created;
+    for (int i = 0; i < 5; ++i) CheckMpi(MPI_Op_create(fns[i], 1, &created[i]), "MPI_Op_create");
+    return created;
+  }();
+  return ops[static_cast<int>(op)];
 }
 
 MPI_Op ToMpiOp(DataType dtype, ReduceOp op) {
+  const bool min_max = op == ReduceOp::kMin || op == ReduceOp::kMax;
   switch (dtype) {
     case DataType::kFloat16: return UserOpFor<DataType::kFloat16>(op);
     case DataType::kBFloat16: return UserOpFor<DataType::kBFloat16>(op);
     case DataType::kBool: return UserOpFor<DataType::kBool>(op);
+    case DataType::kFloat32:
+      if (min_max) return UserOpFor<DataType::kFloat32>(op);
+      break;
+    case DataType::kFloat64:
+      if (min_max) return UserOpFor<DataType::kFloat64>(op);
+      break;
     default: break;
   }
+  // Native ops: IEEE Sum and Product propagate NaN by themselves.
   switch (op) {
     case ReduceOp::kSum:
     case ReduceOp::kAverage: return MPI_SUM;
@@ -140,6 +153,8 @@ MPI_Datatype ToMpiType(DataType dtype) {
     case DataType::kFloat32: return MPI_FLOAT;
     case DataType::kFloat64: return MPI_DOUBLE;
     case DataType::kBool: return MPI_UINT8_T;       // reduced by a user op
+    case DataType::kInt16: return MPI_INT16_T;
+    case DataType::kUInt16: return MPI_UINT16_T;
   }
   throw InvalidArgument("unknown data type");
 }

@@ -4,11 +4,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/launcher_status.h"
+#include "common/logging.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
 #include "transport/mpi/mpi_wait.h"
@@ -56,7 +59,117 @@ Topology BuildTopology(MpiComm& global, const Config& config) {
   return SplitTopology(global, node_of, config.torus_x);
 }
 
+// The launcher's rank number, for messages written before MPI can tell it.
+std::string LauncherRank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"}) {
+    const char* value = std::getenv(name);
+    if (value && *value) return value;
+  }
+  return "?";
+}
+
+[[noreturn]] void EndInit(const std::string& rank, const std::string& message) {
+  std::fprintf(stderr, "[fusecomm] rank %s: %s\n", rank.c_str(), message.c_str());
+  std::fflush(stderr);
+  std::_Exit(InitWatchdog::kExitStatus);
+}
+
 }  // namespace
+
+InitWatchdog::InitWatchdog(double liveness_timeout_seconds, double init_timeout_seconds) {
+  if (liveness_timeout_seconds <= 0) return;
+  const double limit = init_timeout_seconds;
+  // The environment is read here, before MPI_Init writes to it from this thread.
+  thread_ = std::thread([this, limit, rank = LauncherRank(), launcher = LauncherStatusAddress()] {
+    Loop(limit, rank, launcher);
+  });
+}
+
+InitWatchdog::~InitWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    done_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void InitWatchdog::HeartbeatStarted() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  heartbeat_ = true;
+}
+
+void InitWatchdog::Loop(double limit_seconds, const std::string& rank,
+                        const std::string& launcher) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(limit_seconds));
+  // After the heartbeat declared a peer dead, init gets this long to throw by itself (a
+  // polling wait does); a blocking MPI call never returns, so the process ends here.
+  constexpr auto kGrace = std::chrono::seconds(3);
+  // Under `fusecomm run` the launcher knows at once when a rank has failed; asking it this
+  // often ends a start-up that waits for a dead rank in about a second, naming that rank.
+  constexpr auto kAskEvery = std::chrono::seconds(1);
+  auto next_ask = Clock::now() + kAskEvery;
+  // Only a peer that dies during this init counts (a failed earlier run leaves the flag set,
+  // and init then raises by itself).
+  const bool aborted_before = TransportAborted();
+  Clock::time_point aborted_at{};
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!done_) {
+    wake_.wait_for(lock, std::chrono::milliseconds(50));
+    if (done_) break;
+    const auto now = Clock::now();
+    if (!aborted_before && TransportAborted()) {
+      if (aborted_at == Clock::time_point{}) aborted_at = now;
+      if (now - aborted_at >= kGrace) {
+        EndInit(rank, "init() cannot complete: " + TransportAbortReason());
+      }
+      continue;
+    }
+    if (heartbeat_) continue;  // from here the heartbeat names a dead peer
+    if (!launcher.empty() && now >= next_ask) {
+      lock.unlock();  // the question may take a second; HeartbeatStarted() must not wait
+      const std::string failed = LauncherReportedFailure(launcher);
+      lock.lock();
+      next_ask = Clock::now() + kAskEvery;
+      if (!failed.empty() && !done_ && !heartbeat_) {
+        EndInit(rank, "init() cannot complete: " + failed +
+                " (reported by fusecomm run) while this rank waited for every rank in MPI "
+                "start-up");
+      }
+    }
+    if (limit_seconds > 0 && now >= deadline) {
+      char seconds[32];
+      std::snprintf(seconds, sizeof(seconds), "%.0f", limit_seconds);
+      EndInit(rank, std::string("init() gave up after ") + seconds +
+              " s waiting for the other ranks: MPI start-up needs every rank, and at least one "
+              "never arrived (it exited or was killed before or during init(), or has not "
+              "called init()). If ranks legitimately reach init() this far apart, raise "
+              "FUSECOMM_INIT_TIMEOUT_SECONDS (0 disables this limit)");
+    }
+  }
+}
+
+std::string AgreeOnInitErrors(MPI_Comm comm, const std::string& mine) {
+  // Fixed-size slots keep this one collective; a longer message is cut (the failing rank's own
+  // exception has it in full).
+  constexpr size_t kSlot = 512;
+  MpiComm agree(comm, false);
+  const int size = agree.size();
+  std::vector<char> own(kSlot, 0), all(kSlot * static_cast<size_t>(size), 0);
+  std::memcpy(own.data(), mine.data(), std::min(mine.size(), kSlot - 1));
+  agree.NativeAllgatherv(own.data(), kSlot, all.data(), std::vector<size_t>(size, kSlot));
+  std::string failures;
+  int failed = 0;
+  for (int r = 0; r < size; ++r) {
+    const char* text = all.data() + static_cast<size_t>(r) * kSlot;
+    if (*text == 0) continue;
+    failures += (failed++ ? "; rank " : "rank ") + std::to_string(r) + ": " +
+                std::string(text, strnlen(text, kSlot));
+  }
+  return failed ? "init() failed on " + failures : std::string();
+}
 
 void EnsureMpiInitialized() {
   int initialized = 0, finalized = 0;
@@ -156,6 +269,8 @@ CostModel LoadOrCalibrate(int process_set_id, Topology& topo, const Config& conf
   if (comm.rank() == 0 && !file.empty()) {
     std::ofstream out(file);
     out << model.ToText();
+    // Checked at init (Config::ValidateForJob); a failure now is only worth a warning.
+    if (!out) FUSECOMM_LOG(kWarning, "could not write the calibration file '" << file << "'");
   }
   return model;
 }

@@ -1,10 +1,14 @@
 #include "transport/mpi/mpi_control.h"
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
+#include <iomanip>
+#include <sstream>
 #include <thread>
 
 #include "common/errors.h"
+#include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_wait.h"
 
@@ -12,6 +16,45 @@ namespace fusecomm {
 
 void WaitWithBackoff(MPI_Request* request, const char* call) {
   WaitPolling(request, 1, call, /*max_sleep_us=*/1000);
+}
+
+namespace {
+// The heartbeat's view of who is silent, as the slow-wait report's suspects.
+std::string SilentPeersText(double seconds) {
+  std::ostringstream out;
+  for (const auto& [rank, silent] : LivenessMonitor::SilentPeers(seconds)) {
+    out << (out.tellp() > 0 ? ", " : "") << "no heartbeat from rank " << rank << " for "
+        << std::fixed << std::setprecision(1) << silent << " s";
+  }
+  return out.str();
+}
+}  // namespace
+
+void MpiControlChannel::Wait(MPI_Request* request, const char* call) {
+  if (!slow_report_ || slow_after_seconds_ <= 0) return WaitWithBackoff(request, call);
+  using Clock = std::chrono::steady_clock;
+  const auto slice = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(slow_after_seconds_));
+  const auto start = Clock::now();
+  auto report_at = start + slice;
+  int done = 0;
+  // Spins first like WaitPolling (a negotiation is usually microseconds), then sleeps.
+  constexpr int kSpinIterations = 2000;
+  auto sleep = std::chrono::microseconds(1);
+  for (int i = 0;; ++i) {
+    if (TransportAborted()) throw CollectiveError(TransportAbortReason());
+    CheckMpi(MPI_Test(request, &done, MPI_STATUS_IGNORE), call);
+    if (done) return;
+    if (i < kSpinIterations) continue;
+    const auto now = Clock::now();
+    if (now >= report_at) {
+      slow_report_(std::chrono::duration<double>(now - start).count(),
+                   SilentPeersText(slow_after_seconds_));
+      report_at = now + slice;
+    }
+    std::this_thread::sleep_for(sleep);
+    sleep = std::min(sleep * 2, std::chrono::microseconds(1000));
+  }
 }
 
 MpiControlChannel::MpiControlChannel(MPI_Comm comm) : comm_(comm) {
@@ -31,7 +74,7 @@ void MpiControlChannel::AllreduceBitwiseAnd(std::vector<uint64_t>& words) {
   CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, words.data(), static_cast<int>(words.size()),
                           MPI_UINT64_T, MPI_BAND, comm_, &req),
            "MPI_Iallreduce");
-  WaitWithBackoff(&req, "MPI_Iallreduce");
+  Wait(&req, "MPI_Iallreduce");
 }
 
 std::vector<std::vector<char>> MpiControlChannel::GatherToRoot(const std::vector<char>& mine) {
@@ -40,7 +83,7 @@ std::vector<std::vector<char>> MpiControlChannel::GatherToRoot(const std::vector
   MPI_Request req;
   CheckMpi(MPI_Igather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, comm_, &req),
            "MPI_Igather");
-  WaitWithBackoff(&req, "MPI_Igather");
+  Wait(&req, "MPI_Igather");
   std::vector<int> displs;
   std::vector<char> all;
   if (rank_ == 0) {
@@ -56,7 +99,7 @@ std::vector<std::vector<char>> MpiControlChannel::GatherToRoot(const std::vector
   CheckMpi(MPI_Igatherv(mine.data(), my_size, MPI_BYTE, all.data(), sizes.data(), displs.data(),
                         MPI_BYTE, 0, comm_, &req),
            "MPI_Igatherv");
-  WaitWithBackoff(&req, "MPI_Igatherv");
+  Wait(&req, "MPI_Igatherv");
   std::vector<std::vector<char>> out;
   if (rank_ == 0) {
     for (int r = 0; r < size_; ++r) {
@@ -70,18 +113,18 @@ void MpiControlChannel::BroadcastFromRoot(std::vector<char>& bytes) {
   long long n = static_cast<long long>(bytes.size());
   MPI_Request req;
   CheckMpi(MPI_Ibcast(&n, 1, MPI_LONG_LONG, 0, comm_, &req), "MPI_Ibcast");
-  WaitWithBackoff(&req, "MPI_Ibcast");
+  Wait(&req, "MPI_Ibcast");
   if (n > INT_MAX) throw CollectiveError("negotiation message exceeds 2 GiB");
   bytes.resize(static_cast<size_t>(n));
   CheckMpi(MPI_Ibcast(bytes.data(), static_cast<int>(n), MPI_BYTE, 0, comm_, &req), "MPI_Ibcast");
-  WaitWithBackoff(&req, "MPI_Ibcast");
+  Wait(&req, "MPI_Ibcast");
 }
 
 int64_t MpiControlChannel::AllreduceMin(int64_t value) {
   MPI_Request req;
   CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_INT64_T, MPI_MIN, comm_, &req),
            "MPI_Iallreduce");
-  WaitWithBackoff(&req, "MPI_Iallreduce");
+  Wait(&req, "MPI_Iallreduce");
   return value;
 }
 

@@ -20,6 +20,10 @@ class MpiControlChannel : public ControlChannel {
   int64_t AllreduceMin(int64_t value) override;
 
  private:
+  // Completes a control collective: WaitWithBackoff, or with a slow-wait report set, a poll
+  // that calls it while the wait lasts.
+  void Wait(MPI_Request* request, const char* call);
+
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;

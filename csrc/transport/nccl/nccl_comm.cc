@@ -25,6 +25,9 @@ ncclDataType_t ToNcclType(DataType dtype) {
     case DataType::kFloat32: return ncclFloat32;
     case DataType::kFloat64: return ncclFloat64;
     case DataType::kBool: return ncclUint8;  // 0/1 bytes: reduced with max (or) / min (and)
+    case DataType::kInt16:
+    case DataType::kUInt16:
+      break;  // NCCL has no 16-bit integers: NativeReductionSupports says so to the engine
   }
   throw InvalidArgument("unknown data type");
 }

@@ -48,6 +48,12 @@ class NcclComm : public Comm {
   // ncclCommSplit: collective over this comm.
   std::unique_ptr<Comm> Split(int color, int key) override;
 
+  bool NativeReductionSupports(DataType dtype, ReduceOp op) const override {
+    if (dtype == DataType::kInt16 || dtype == DataType::kUInt16) return false;
+    // NCCL's float min/max (fminf/fmaxf, __hmin/__hmax) return the number when the other
+    // operand is NaN; fusecomm propagates NaN on every path.
+    return !(IsFloatingPoint(dtype) && (op == ReduceOp::kMin || op == ReduceOp::kMax));
+  }
   void NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) override;
   void NativeBroadcast(void* buf, size_t bytes, int root) override;
   void NativeAllgatherv(const void* send, size_t send_bytes, void* recv,

@@ -1,0 +1,166 @@
+"""Fault injection at start-up and in the launcher: a rank that fails before or during init(),
+init() errors that concern one rank or one setting, a program that cannot start, and which rank
+`fusecomm run` names. Every case must end on every rank with a message naming the cause, and the
+launcher must exit non-zero naming the rank that failed first. Each run is bounded by a timeout:
+a hang fails the test (docs/faults.md describes each case and how long it takes)."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CLEAN_ENV, MP_DIR, run_ranks
+
+SCRIPT = MP_DIR / "fault_startup.py"
+LIVENESS = 3
+# How long init() waits for ranks that never arrive (FUSECOMM_INIT_TIMEOUT_SECONDS; 60 s by
+# default, for ranks that import frameworks at different speeds).
+INIT_LIMIT = 10
+# Generous: the limit plus starting and ending up to 4 Python ranks on a loaded machine.
+ENDS_WITHIN = INIT_LIMIT + 50
+TIMEOUT = 240
+
+
+def fusecomm_run(ranks, *args, launcher_args=(), env=None):
+    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "run", "-np", str(ranks),
+           "--liveness-timeout-seconds", str(LIVENESS), "--init-timeout-seconds", str(INIT_LIMIT),
+           *launcher_args, "--", *map(str, args)]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=TIMEOUT, env=dict(CLEAN_ENV, **(env or {})))
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"hang: {' '.join(cmd)}\n{e.stdout}")
+    return proc, time.monotonic() - started
+
+
+def check_clean_failure(proc, elapsed, first_failure, code):
+    out = proc.stdout
+    assert proc.returncode == code, out
+    assert f"fusecomm run: the first rank to fail: {first_failure}" in out, out
+    assert elapsed < ENDS_WITHIN, f"took {elapsed:.0f} s\n{out}"
+    assert "FAIL" not in out, out
+    assert "PMIX ERROR" not in out, out  # mpirun's notice noise (launch.py)
+
+
+@pytest.mark.parametrize("mode, victim, ranks, how", [
+    ("raise_before_init", 2, 3, "exited with code 1"),
+    ("raise_before_init", 0, 2, "exited with code 1"),
+    ("kill_in_mpi_init", 1, 3, "was killed by signal 9 (SIGKILL)"),
+    ("kill_in_comm_dup", 2, 4, "was killed by signal 9 (SIGKILL)"),
+])
+def test_rank_failing_before_or_in_init_ends_the_job(mode, victim, ranks, how):
+    if mode == "kill_in_comm_dup":
+        pytest.importorskip("mpi4py")
+    proc, elapsed = fusecomm_run(ranks, sys.executable, SCRIPT, mode, victim)
+    check_clean_failure(proc, elapsed, f"rank {victim} {how}", 1 if "code 1" in how else 137)
+    # The launcher tells the waiting ranks who failed (they cannot learn it through MPI).
+    for rank in set(range(ranks)) - {victim}:
+        assert (f"[fusecomm] rank {rank}: init() cannot complete: rank {victim} {how} (reported "
+                "by fusecomm run)" in proc.stdout), proc.stdout
+
+
+def test_rank_killed_after_the_heartbeat_started_in_init(tmp_path):
+    # Rank 0 blocks in init() opening a FIFO as its calibration file (not in MPI: nothing but
+    # the watchdog can end it); rank 2 waits for rank 0's broadcast; rank 1 is killed.
+    fifo = tmp_path / "calibration.fifo"
+    os.mkfifo(fifo)
+    proc, elapsed = fusecomm_run(3, sys.executable, SCRIPT, "kill_in_calibration", 1,
+                                 env={"FUSECOMM_CALIBRATION_FILE": str(fifo)})
+    check_clean_failure(proc, elapsed, "rank 1 was killed by signal 9 (SIGKILL)", 137)
+    out = proc.stdout
+    assert "[fusecomm] rank 0: init() cannot complete: rank 1 stopped responding" in out, out
+    assert "rank 2: INIT RAISED CollectiveError: rank 1 stopped responding" in out, out
+
+
+def test_init_watchdog_under_plain_mpirun():
+    # Rank 1 is alive but never calls init(): rank 0 must not wait in MPI_Init forever.
+    started = time.monotonic()
+    code, out = run_ranks("fault_startup.py", 2, "never_init", 1, timeout=TIMEOUT,
+                          env={"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": str(LIVENESS),
+                               "FUSECOMM_INIT_TIMEOUT_SECONDS": str(INIT_LIMIT)},
+                          expect_fail=True)
+    elapsed = time.monotonic() - started
+    assert code != 0, out
+    assert f"[fusecomm] rank 0: init() gave up after {INIT_LIMIT} s" in out, out
+    assert elapsed < ENDS_WITHIN, f"took {elapsed:.0f} s\n{out}"
+
+
+@pytest.mark.parametrize("ranks, env, victim_setting, failing_rank, message", [
+    (3, {"FUSECOMM_TIMELINE": "/nonexistent/dir/t.json"}, None, 0,
+     "init() failed on rank 0: cannot open the timeline file '/nonexistent/dir/t.json' for "
+     "writing: No such file or directory"),
+    (3, {"FUSECOMM_CALIBRATION_FILE": "/nonexistent/dir/cal.txt"}, None, 0,
+     "init() failed on rank 0: FUSECOMM_CALIBRATION_FILE='/nonexistent/dir/cal.txt': the "
+     "directory '/nonexistent/dir' does not exist on rank 0"),
+    (4, {"FUSECOMM_TORUS_X": "7"}, None, None,
+     "FUSECOMM_TORUS_X=7 is wider than the 4 ranks of the job"),
+    (2, {"FUSECOMM_GPU_TRANSPORT": "bogus"}, None, None,
+     "FUSECOMM_GPU_TRANSPORT must be auto, nccl or mpi (got 'bogus')"),
+    (3, {}, "FUSECOMM_CACHE_CAPACITY=-1", 1,
+     "init() failed on rank 1: FUSECOMM_CACHE_CAPACITY must be >= 0"),
+])
+def test_init_error_raises_on_every_rank(ranks, env, victim_setting, failing_rank, message):
+    args = [sys.executable, SCRIPT, "init_error", failing_rank or 0]
+    if victim_setting:
+        args.append(victim_setting)
+    proc, elapsed = fusecomm_run(ranks, *args, env=env)
+    first = f"rank {failing_rank} exited with code 3" if failing_rank is not None else "rank "
+    check_clean_failure(proc, elapsed, first, 3)
+    for rank in range(ranks):
+        assert f"rank {rank}: INIT RAISED ValueError: " in proc.stdout, proc.stdout
+        line = proc.stdout.split(f"rank {rank}: INIT RAISED ValueError: ", 1)[1].splitlines()[0]
+        assert message in line, proc.stdout
+
+
+def test_launcher_names_the_rank_that_failed_first():
+    # The ranks that fail because rank 2 did often print their markers first; over three runs
+    # the launcher must name rank 2 every time.
+    for attempt in range(3):
+        proc, elapsed = fusecomm_run(4, sys.executable, SCRIPT, "raise_in_training", 2)
+        check_clean_failure(proc, elapsed, "rank 2 exited with code 1", 1)
+        assert "rank 2 fails on purpose" in proc.stdout, proc.stdout
+        assert proc.stdout.count("fusecomm was shut down by rank 2 (its process exited)") == 3, (
+            f"attempt {attempt}\n{proc.stdout}")
+
+
+def test_launcher_fails_when_the_program_cannot_start():
+    proc, elapsed = fusecomm_run(2, "no_such_program_for_fusecomm")
+    check_clean_failure(proc, elapsed, "rank ", 127)
+    for rank in range(2):
+        assert (f"[fusecomm run] rank {rank} could not start 'no_such_program_for_fusecomm': "
+                "No such file or directory" in proc.stdout), proc.stdout
+    assert "Traceback" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("ranks", ["0", "-1", "two"])
+def test_launcher_rejects_a_bad_rank_count(ranks):
+    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "run", "-np", ranks, "--",
+           sys.executable, "-c", "print('STARTED')"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=60, env=CLEAN_ENV)
+    assert proc.returncode == 2, proc.stdout  # argparse's usage error
+    assert "argument -np/--num-proc" in proc.stdout, proc.stdout
+    assert "STARTED" not in proc.stdout, proc.stdout
+
+
+def test_launcher_ends_ranks_stuck_outside_fusecomm():
+    # Rank 0 sleeps without calling init() (alive, so nobody has failed yet); rank 1 gives up in
+    # init() at its time limit. mpirun --enable-recovery would let rank 0 run on: the launcher
+    # ends the job after its grace period.
+    from fusecomm.runner import launch
+
+    class Args:
+        liveness_timeout_seconds = str(LIVENESS)
+        init_timeout_seconds = str(INIT_LIMIT)
+
+    grace = launch.failure_grace_seconds(Args())
+    started = time.monotonic()
+    proc, elapsed = fusecomm_run(2, sys.executable, SCRIPT, "never_init", 0)
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert f"[fusecomm] rank 1: init() gave up after {INIT_LIMIT} s waiting for the other" in out
+    assert f"ranks still running {grace:.0f} s after a rank failed; ending the job" in out, out
+    assert "fusecomm run: the first rank to fail: rank 1 exited with code 1" in out, out
+    assert time.monotonic() - started < INIT_LIMIT + grace + 60, out
