@@ -18,6 +18,7 @@ _SETTINGS = {
     "stall_shutdown_seconds": "FUSECOMM_STALL_SHUTDOWN_SECONDS",
     "log_level": "FUSECOMM_LOG_LEVEL",
     "liveness_timeout_seconds": "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
+    "data_timeout_seconds": "FUSECOMM_DATA_TIMEOUT_SECONDS",
     "init_timeout_seconds": "FUSECOMM_INIT_TIMEOUT_SECONDS",
     "calibration_file": "FUSECOMM_CALIBRATION_FILE",
     "timeline": "FUSECOMM_TIMELINE",

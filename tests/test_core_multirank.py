@@ -1,16 +1,14 @@
 """Multi-rank tests of the core (NumPy API) under mpirun: 1, 2, 3 and 4 ranks."""
-import random
-
 import pytest
 
-from conftest import run_ranks
+from conftest import run_ranks, test_seed
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 def test_collectives_against_numpy(ranks):
-    seed = random.randrange(1 << 16)
+    seed = test_seed()
     out = run_ranks("core_collectives.py", ranks, seed)
-    assert out.count("OK") == ranks, out
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
@@ -23,10 +21,10 @@ def test_mismatches_are_errors_on_every_rank(ranks):
 def test_small_fusion_threshold_and_no_cache(ranks):
     """The same checks with a tiny fusion buffer (many groups) and the response cache off
     (every cycle through the coordinator)."""
-    seed = random.randrange(1 << 16)
+    seed = test_seed()
     out = run_ranks("core_collectives.py", ranks, seed,
                     env={"FUSECOMM_FUSION_THRESHOLD": "4096", "FUSECOMM_CACHE_CAPACITY": "0"})
-    assert out.count("OK") == ranks, out
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
 
 
 def test_small_cache_evicts_consistently():
@@ -50,9 +48,9 @@ ALGORITHM_CONFIGS = [(2, 1), (3, 2), (4, 2), (5, 2), (6, 4), (7, 3), (8, 4)]
 
 @pytest.mark.parametrize("ranks, local_size", ALGORITHM_CONFIGS)
 def test_every_algorithm_through_the_engine(ranks, local_size):
-    seed = random.randrange(1 << 16)
+    seed = test_seed()
     out = run_ranks("core_algorithms.py", ranks, seed, env={"FUSECOMM_LOCAL_SIZE": str(local_size)})
-    assert out.count(": OK") == ranks, out
+    assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
     assert f"local_size {min(local_size, ranks)}" in out
 
 
@@ -78,9 +76,9 @@ def test_timeline_of_a_four_rank_run_parses(tmp_path):
 @pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_randomized_stress_with_threads(ranks):
     """3 threads per rank, 600 random collectives each (1,800 per rank), every result checked."""
-    seed = random.randrange(1 << 16)
+    seed = test_seed()
     out = run_ranks("stress.py", ranks, seed, 600, timeout=300)
-    assert out.count(": OK (1800 collectives)") == ranks, out
+    assert out.count(": OK (1800 collectives)") == ranks, f"seed {seed}\n{out}"
 
 
 @pytest.mark.parametrize("mode", ["slow_inter", "uniform"])
@@ -108,12 +106,28 @@ def test_auto_measures_each_size_class_once(ranks, local_size, mode):
     env = {"FUSECOMM_AUTOTUNE": "1" if mode == "on" else "0"}
     if local_size:
         env["FUSECOMM_LOCAL_SIZE"] = str(local_size)
-    out = run_ranks("core_auto_tuner.py", ranks, random.randrange(1 << 16), mode, env=env)
-    assert out.count(": OK") == ranks, out
+    seed = test_seed()
+    out = run_ranks("core_auto_tuner.py", ranks, seed, mode, env=env)
+    assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_grouped_allreduce_fuses_as_one(ranks, tmp_path):
-    out = run_ranks("core_grouped_fusion.py", ranks, tmp_path / "timeline.json",
-                    random.randrange(1 << 16))
-    assert out.count(": OK") == ranks, out
+    seed = test_seed()
+    out = run_ranks("core_grouped_fusion.py", ranks, tmp_path / "timeline.json", seed)
+    assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
+
+
+@pytest.mark.parametrize("ranks, victim", [(2, 1), (3, 1), (3, 0), (4, 2)])
+def test_rank_failing_inside_a_collective_stops_every_rank(ranks, victim):
+    """A rank whose part of a collective fails (its fusion buffer cannot be allocated) while
+    its peers are in it: its later calls fail at once, and every peer gets an error naming it
+    within the liveness timeout; no rank goes on to a collective whose messages could meet the
+    abandoned receives."""
+    code, out = run_ranks("core_failed_collective.py", ranks, victim, expect_fail=True,
+                          timeout=120, env={"FUSECOMM_LIVENESS_TIMEOUT_SECONDS": "3"})
+    assert out.count("FAILED AS EXPECTED") == ranks, out
+    for line in out.splitlines():
+        if "FAILED AS EXPECTED" in line:
+            seconds = float(line.split("after ")[1].split("s:")[0])
+            assert seconds < 15, line  # 3 s liveness + slack for a loaded machine

@@ -27,6 +27,8 @@ def test_rank_leaving_is_an_error_on_every_other_rank(mode, victim, ranks):
     proc = fusecomm_run(ranks, MP_DIR / "fault_rank_death.py", mode, victim)
     survivors = ranks - 1
     assert proc.stdout.count("DETECTED") == survivors, proc.stdout
+    # Every survivor's later call raised at once naming the victim (printed only then).
+    assert proc.stdout.count("LATER CALLS FAIL") == survivors, proc.stdout
     for line in proc.stdout.splitlines():
         if "DETECTED" in line:
             seconds = float(line.split("after ")[1].split("s:")[0])

@@ -1,6 +1,9 @@
 #include "collectives/pipeline.h"
 
 #include <algorithm>
+#include <string>
+
+#include "common/errors.h"
 
 namespace fusecomm {
 
@@ -9,6 +12,20 @@ namespace {
 // Two is enough to hide the reduction; more only adds scratch (measured: no gain from 4).
 constexpr size_t kReceiveDepth = 2;
 }  // namespace
+
+const char* CollectiveTagName(int tag) {
+  switch (tag) {
+    case kTagRingReduceScatter: return "ring reduce-scatter";
+    case kTagRingAllgather: return "ring all-gather";
+    case kTagHalving: return "recursive halving";
+    case kTagDoubling: return "recursive doubling";
+    case kTagFold: return "fold into a power of two";
+    case kTagUnfold: return "unfold from a power of two";
+    case kTagTreeReduce: return "tree reduce";
+    case kTagTreeBroadcast: return "tree broadcast";
+  }
+  return "point-to-point round";
+}
 
 void AppendSegments(std::vector<Segment>* segments, const void* data, size_t count,
                     size_t elem_size, size_t segment_bytes) {
@@ -27,8 +44,12 @@ void StartSends(Comm& comm, const std::vector<Segment>& segments, size_t elem_si
   }
 }
 
-void WaitAll(PendingSends* pending) {
-  for (auto& request : *pending) request->Wait();
+void WaitAll(PendingSends* pending, int tag) {
+  try {
+    for (auto& request : *pending) request->Wait();
+  } catch (const CollectiveError& e) {
+    throw CollectiveError(std::string(CollectiveTagName(tag)) + ": " + e.what());
+  }
   pending->clear();
 }
 
@@ -59,7 +80,13 @@ void ReceiveSegments(Comm& comm, const std::vector<Segment>& segments, DataType 
   };
   for (size_t i = 0; i < depth; ++i) post(i);
   for (size_t i = 0; i < segments.size(); ++i) {
-    in_flight[i % depth]->Wait();
+    try {
+      in_flight[i % depth]->Wait();
+    } catch (const CollectiveError& e) {
+      throw CollectiveError(std::string(CollectiveTagName(tag)) + ": segment " +
+                            std::to_string(i + 1) + " of " + std::to_string(segments.size()) +
+                            " from rank " + std::to_string(peer) + ": " + e.what());
+    }
     if (reduce_op) {
       memory.ReduceInto(segments[i].data, landing(i), segments[i].count, dtype, *reduce_op);
     }
@@ -80,7 +107,7 @@ void Exchange(Comm& comm, const void* send, size_t send_count, int to, void* rec
   PendingSends pending;
   StartSends(comm, outgoing, elem, to, tag, &pending);
   ReceiveSegments(comm, incoming, dtype, reduce_op, from, tag);
-  WaitAll(&pending);
+  WaitAll(&pending, tag);
 }
 
 }  // namespace fusecomm

@@ -27,6 +27,9 @@ enum CollectiveTag : int {
   kTagAdasumDots = 109,
 };
 
+// The round a tag belongs to, for error messages ("ring reduce-scatter").
+const char* CollectiveTagName(int tag);
+
 // A slice of a buffer that travels as one message.
 struct Segment {
   char* data;
@@ -42,11 +45,13 @@ void AppendSegments(std::vector<Segment>* segments, const void* data, size_t cou
 
 void StartSends(Comm& comm, const std::vector<Segment>& segments, size_t elem_size, int peer,
                 int tag, PendingSends* pending);
-void WaitAll(PendingSends* pending);
+// Completes the sends; a failed wait throws a CollectiveError naming the round (`tag`).
+void WaitAll(PendingSends* pending, int tag);
 
 // Receives `segments` from `peer` in the order the peer sends them, with a few receives posted
 // ahead. With reduce_op each segment lands in scratch and is reduced into place; without, it
 // lands in place directly. on_arrival(i), if given, runs as soon as segment i is in place.
+// A failed wait throws a CollectiveError naming the round, the segment and the peer.
 void ReceiveSegments(Comm& comm, const std::vector<Segment>& segments, DataType dtype,
                      std::optional<ReduceOp> reduce_op, int peer, int tag,
                      const std::function<void(size_t)>& on_arrival = {});

@@ -42,22 +42,31 @@ void RingPass(Comm& comm, void* buf, const std::vector<size_t>& block_counts, Da
   std::vector<Segment> first;
   append_block(&first, Mod(first_send, p));
   std::vector<Segment> incoming;
-  std::vector<bool> forward;  // whether incoming[i] goes on to the next rank
+  std::vector<int> step_of;  // the step in which incoming[i] arrives
   for (int s = 0; s < p - 1; ++s) {
     append_block(&incoming, Mod(first_send - s - 1, p));
-    forward.resize(incoming.size(), s < p - 2);
+    step_of.resize(incoming.size(), s);
   }
 
   const int next = Mod(comm.rank() + 1, p);
   const int prev = Mod(comm.rank() - 1, p);
   PendingSends pending;
   StartSends(comm, first, elem, next, tag, &pending);
-  ReceiveSegments(comm, incoming, dtype, reduce_op, prev, tag, [&](size_t i) {
-    if (forward[i]) {
-      pending.push_back(comm.Isend(incoming[i].data, incoming[i].count * elem, next, tag));
-    }
-  });
-  WaitAll(&pending);
+  size_t arrived = 0;
+  try {
+    ReceiveSegments(comm, incoming, dtype, reduce_op, prev, tag, [&](size_t i) {
+      // Every step's block but the last goes on to the next rank.
+      if (step_of[i] < p - 2) {
+        pending.push_back(comm.Isend(incoming[i].data, incoming[i].count * elem, next, tag));
+      }
+      arrived = i + 1;
+    });
+  } catch (const CollectiveError& e) {
+    throw CollectiveError("ring step " + std::to_string(step_of[arrived] + 1) + " of " +
+                          std::to_string(p - 1) + " (from rank " + std::to_string(prev) +
+                          ", to rank " + std::to_string(next) + "): " + e.what());
+  }
+  WaitAll(&pending, tag);
   comm.traffic().steps += static_cast<uint64_t>(p - 1);
 }
 

@@ -93,6 +93,9 @@ Config Config::FromEnvironment() {
   c.liveness_timeout_seconds = CheckSeconds(
       "FUSECOMM_LIVENESS_TIMEOUT_SECONDS",
       EnvDouble("FUSECOMM_LIVENESS_TIMEOUT_SECONDS", c.liveness_timeout_seconds), kDay);
+  c.data_timeout_seconds = CheckSeconds(
+      "FUSECOMM_DATA_TIMEOUT_SECONDS",
+      EnvDouble("FUSECOMM_DATA_TIMEOUT_SECONDS", c.data_timeout_seconds), kDay);
   c.init_timeout_seconds = CheckSeconds(
       "FUSECOMM_INIT_TIMEOUT_SECONDS",
       EnvDouble("FUSECOMM_INIT_TIMEOUT_SECONDS", c.init_timeout_seconds), kDay);

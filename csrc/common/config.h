@@ -21,6 +21,7 @@ struct Config {
   double stall_shutdown_seconds = 0.0;              // FUSECOMM_STALL_SHUTDOWN_SECONDS (0: off)
   std::string log_level = "warning";                // FUSECOMM_LOG_LEVEL
   double liveness_timeout_seconds = 15.0;           // FUSECOMM_LIVENESS_TIMEOUT_SECONDS (0: off)
+  double data_timeout_seconds = 0.0;                // FUSECOMM_DATA_TIMEOUT_SECONDS (0: off)
   // How long init() waits in MPI start-up for ranks that have not arrived, when no launcher
   // reports them failed. Ranks import frameworks at different speeds: generous by default.
   double init_timeout_seconds = 60.0;               // FUSECOMM_INIT_TIMEOUT_SECONDS (0: off)

@@ -43,6 +43,7 @@ class DataPlane {
   void* FusionBuffer(size_t bytes) {
     if (bytes > fusion_capacity_) {
       fusion_buffer_.reset();  // free the old one first: device memory is scarce
+      fusion_capacity_ = 0;    // until the new one exists (the allocation may throw)
       fusion_buffer_ = memory().Allocate(bytes);
       fusion_capacity_ = bytes;
     }

@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "engine/device_executor.h"
 #include "engine/fusion_planner.h"
+#include "transport/abort.h"
 
 namespace fusecomm {
 
@@ -321,6 +322,10 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
       error = std::string(OpTypeName(first.spec.op_type)) + " of '" + first.spec.name +
               "' failed: " + e.what();
       FUSECOMM_LOG(kError, error);
+      // The peers may still be inside this collective: going on would leave them waiting on
+      // this rank and let its next messages match their abandoned receives. Aborting the
+      // transport fails every later call here and reaches the peers (through liveness).
+      if (host_plane_.comm().size() > 1) AbortTransport(error);
     }
     for (size_t i : group) Finish(requests[i], error);
   }

@@ -5,6 +5,7 @@
 
 #include "common/errors.h"
 #include "common/logging.h"
+#include "transport/abort.h"
 
 namespace fusecomm {
 
@@ -111,6 +112,9 @@ bool ProcessSetWorker::Blocked(const PendingTable& pending) const {
 }
 
 void ProcessSetWorker::Loop() {
+  // Every rank of the set is running by now, so a data wait that sees no progress for this
+  // long is a collective a peer is not in: a named error instead of a hang.
+  BoundDataWaits(config_.data_timeout_seconds);
   PendingTable pending;
   const auto cycle = std::chrono::duration<double, std::milli>(config_.cycle_time_ms);
   std::string reason;

@@ -677,11 +677,20 @@ void TestBadArguments() {
         "unknown dtype in scale throws");
   Check(Throws([&] { CpuReduceInto(a + 1, a, 3, DataType::kInt32, ReduceOp::kSum); }),
         "reduce with partial overlap throws");
-  CpuReduceInto(nullptr, nullptr, 0, DataType::kFloat32, ReduceOp::kSum);
-  CpuScaledCopy(nullptr, nullptr, 0, DataType::kFloat32, 2.0);
-  CpuScaledCopy(nullptr, nullptr, 0, DataType::kFloat32, 1.0);
-  CpuDivide(nullptr, nullptr, 0, DataType::kInt64, 3);
-  Check(true, "count 0 with null pointers");
+  // Count 0 touches nothing: null pointers are accepted, and a real buffer stays as it was.
+  Check(!Throws([] {
+          CpuReduceInto(nullptr, nullptr, 0, DataType::kFloat32, ReduceOp::kSum);
+          CpuScaledCopy(nullptr, nullptr, 0, DataType::kFloat32, 2.0);
+          CpuScaledCopy(nullptr, nullptr, 0, DataType::kFloat32, 1.0);
+          CpuDivide(nullptr, nullptr, 0, DataType::kInt64, 3);
+        }),
+        "count 0 with null pointers does not throw");
+  int32_t untouched[2] = {7, -7};
+  const int32_t source[2] = {1, 1};
+  CpuReduceInto(untouched, source, 0, DataType::kInt32, ReduceOp::kSum);
+  CpuScaledCopy(untouched, source, 0, DataType::kInt32, 2.0);
+  CpuDivide(untouched, source, 0, DataType::kInt32, 3);
+  Check(untouched[0] == 7 && untouched[1] == -7, "count 0 leaves the output untouched");
 }
 
 void TestHostMemory() {

@@ -549,9 +549,18 @@ void TestDestructorWithoutStop() {
   std::string why;
   Check(Balanced(t, &why), "dtor: balanced: " + why);
   Check(t.Count("B") == 1000 && t.Count("E") == 1000, "dtor: every begin closed");
-  // A timeline never started, destroyed: nothing happens.
-  { Timeline idle; }
-  Check(true, "dtor: idle timeline destroyed");
+  // A timeline never started takes activities without recording them, and its destruction
+  // writes nothing (the last file stays byte for byte as it was).
+  const std::string before = ReadFile(path);
+  bool idle_active = true;
+  {
+    Timeline idle;
+    idle.ActivityStart("t0", "WORK");
+    idle.ActivityEnd("t0");
+    idle_active = idle.active();
+  }
+  Check(!idle_active, "dtor: a timeline never started is not active");
+  Check(ReadFile(path) == before && !before.empty(), "dtor: idle timeline writes nothing");
   std::remove(path.c_str());
 }
 

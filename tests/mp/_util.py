@@ -1,4 +1,5 @@
 """Helpers for the multi-rank test scripts (imported by scripts in tests/mp/)."""
+import os
 import sys
 import traceback
 
@@ -41,6 +42,21 @@ def rank_data(seed, rank, shape, dtype_name, for_product=False):
     return rng.integers(-3, 4, size=shape).astype(numpy_dtype(dtype_name))
 
 
+def check_bugs_visible(reference, wrong, what, tolerance):
+    """`wrong`: (bug, parameters) pairs, what training would reach with a plausible bug (no
+    reduction: this rank's shard alone; gradients summed instead of averaged). Each must differ
+    from the reference in every parameter, the last included, by far more than the tolerance of
+    the test's comparison: otherwise that comparison could not see the bug."""
+    for bug, trained in wrong:
+        assert len(trained) == len(reference), (what, bug, len(trained), len(reference))
+        for i, (b, r) in enumerate(zip(trained, reference)):
+            r = np.asarray(r, np.float64)
+            gap = float(np.abs(np.asarray(b, np.float64) - r).max())
+            assert gap > 100 * tolerance * max(1.0, float(np.abs(r).max())), (
+                f"{what}: with {bug}, parameter {i} would be off by only {gap:g}: the "
+                f"comparison could not see that bug")
+
+
 def run_main(main):
     """Runs main(); on any failure prints the traceback with the rank and exits 1, so mpirun
     reports the failure instead of hanging on the other ranks."""
@@ -53,8 +69,9 @@ def run_main(main):
             rank = fusecomm.rank() if fusecomm.is_initialized() else "?"
         except Exception:  # noqa: BLE001
             rank = "?"
-        print(f"[rank {rank}] FAILED\n{traceback.format_exc()}", flush=True)
+        # The arguments carry the seed: with them the failure replays (docs/testing.md).
+        script = os.path.basename(sys.argv[0])
+        print(f"[rank {rank}] FAILED in {script} {' '.join(sys.argv[1:])}\n"
+              f"{traceback.format_exc()}", flush=True)
         sys.stdout.flush()
-        import os
-
         os._exit(1)

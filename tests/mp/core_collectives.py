@@ -87,6 +87,29 @@ def test_scaling(seed, rank, n):
                 np.full(5, float(sum(range(n)))), "f64", "average=False")
 
 
+def test_fused_scaling(seed, rank, n):
+    """Prescale and postscale on a fused group: the fusion buffer is scaled as one, so a
+    factor applied to one member only, twice, or not at all shows here (not only through the
+    frameworks' predivide)."""
+    cases = [("float32", hvd.Sum, 0.5, 3.0), ("float32", hvd.Average, 0.25, 2.0),
+             ("float64", hvd.Sum, 1.5, 0.5), ("float64", hvd.Average, 0.5, 3.0),
+             ("float16", hvd.Sum, 0.5, 2.0), ("int32", hvd.Sum, 2.0, 3.0),
+             ("int64", hvd.Sum, 3.0, 2.0)]
+    for k, (dtype_name, op, pre, post) in enumerate(cases):
+        sizes = [1, 7, 0, 31, 1021, 3]  # several members, an empty one among them
+        xs = [[rank_data(seed * 31 + k * 8 + i, q, (c,), dtype_name) for q in range(n)]
+              for i, c in enumerate(sizes)]
+        name = f"fused_scale.{dtype_name}.{op}"
+        outs = hvd.grouped_allreduce([x[rank] for x in xs], op=op, name=name,
+                                     prescale_factor=pre, postscale_factor=post)
+        for i, out in enumerate(outs):
+            total = sum(x.astype(np.float64) * pre for x in xs[i]) * post
+            ref = (total / n if op == hvd.Average else total).astype(xs[i][0].dtype)
+            rtol = 1e-2 if dtype_name == "float16" else 1e-6 if op == hvd.Average else 0
+            check_equal(out, ref, dtype_name, f"{name} member {i} (pre {pre}, post {post})",
+                        rtol)
+
+
 def test_in_place_and_grouped(seed, rank, n):
     x = rank_data(seed, rank, (33,), "float32")
     ref = sum(rank_data(seed, q, (33,), "float32") for q in range(n))
@@ -183,6 +206,7 @@ def main():
     rank, n = hvd.rank(), hvd.size()
     checked = test_allreduce(seed, rank, n)
     test_scaling(seed, rank, n)
+    test_fused_scaling(seed, rank, n)
     test_in_place_and_grouped(seed, rank, n)
     test_allgather(seed, rank, n)
     test_broadcast(seed, rank, n)

@@ -74,6 +74,28 @@ def main():
     out = hvd.allreduce(np.ones(9), op=hvd.Sum, name="cached_x")
     assert out.tolist() == [float(n)] * 9
 
+    # A cached name whose data type, reduce op or scale factors change on one rank only: a
+    # cache hit must compare the whole spec, not just the shape, or the ranks would silently
+    # run different reductions (a mix of Sum and Max).
+    changes = [
+        ("data types", {"dtype": np.float32}, ("float32", "float64")),
+        ("reduce ops", {"op": hvd.Max}, ("Sum", "Max")),
+        ("scale factors", {"prescale_factor": 2.0}, ()),
+        ("scale factors", {"postscale_factor": 0.5}, ()),
+    ]
+    for field, change, values in changes:
+        name = f"cached_{field.replace(' ', '_')}_{sorted(change)[0]}"
+        for step in range(3):  # the first negotiates; the next ones hit the cache
+            out = hvd.allreduce(np.full(5, rank + 1.0), op=hvd.Sum, name=name)
+            assert out.tolist() == [n * (n + 1) / 2] * 5, (name, step, out)
+        mine = dict(change) if rank == n - 1 else {}
+        x = np.full(5, rank + 1.0, mine.pop("dtype", np.float64))
+        expect_error(lambda: hvd.allreduce(x, name=name, **{"op": hvd.Sum, **mine}),
+                     f"Mismatched allreduce {field} for tensor '{name}'", *values)
+        # The entry is renegotiated: the same call on every rank is exact again.
+        out = hvd.allreduce(np.full(5, rank + 1.0), op=hvd.Sum, name=name)
+        assert out.tolist() == [n * (n + 1) / 2] * 5, (name, out)
+
     # Allgather with differing trailing dimensions.
     trailing = (2,) if rank == 0 else (3,)
     expect_error(lambda: hvd.allgather(np.zeros((1,) + trailing), name="ag_x"),

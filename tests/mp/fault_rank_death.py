@@ -48,12 +48,21 @@ def main():
         mode, f"shut down by rank {VICTIM} (its process exited)")
     assert expected in text, text
     print(f"rank {rank}: DETECTED after {elapsed:.1f}s: {text}", flush=True)
-    # Later calls fail at once with the same cause.
+    # Later calls fail at once with the same cause. The marker line is what the test counts:
+    # the job fails anyway (the victim's exit code), so an assertion here alone would be masked.
+    later_started = time.monotonic()
     try:
         hvd.allreduce(x, name="after")
-        raise AssertionError("a collective after the failure did not raise")
+        print(f"rank {rank}: FAIL a collective after the failure did not raise", flush=True)
+        sys.exit(2)
     except (hvd.CollectiveError, hvd.NotInitializedError) as e:
-        assert f"rank {VICTIM}" in str(e), e
+        later = str(e)
+    later_seconds = time.monotonic() - later_started
+    if f"rank {VICTIM}" not in later or later_seconds > 5:
+        print(f"rank {rank}: FAIL the later call raised after {later_seconds:.1f}s without naming "
+              f"rank {VICTIM}: {later}", flush=True)
+        sys.exit(2)
+    print(f"rank {rank}: LATER CALLS FAIL: {later}", flush=True)
     # A normal exit: MPI_Finalize runs where the transport is intact and is skipped where a
     # peer died (it could never complete).
     sys.stdout.flush()

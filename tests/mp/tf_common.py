@@ -7,6 +7,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _util import check_bugs_visible  # noqa: E402
 
 # Several ranks share two cores.
 tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -39,3 +40,13 @@ def same_on_all_ranks(arrays, what):
     gathered = fusecomm.allgather(flat)
     for r in range(1, gathered.shape[0]):
         assert np.array_equal(gathered[r], gathered[0]), f"{what}: rank {r} differs from rank 0"
+
+
+
+def assert_params_match(got, want, what, rtol, wrong=()):
+    """Every parameter, the last included, equals the single-process reference, and the bugs in
+    `wrong` would show (_util.check_bugs_visible)."""
+    assert len(got) == len(want), f"{what}: {len(got)} parameters, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, f"{what}: parameter {i} of {len(want)}", rtol=rtol)
+    check_bugs_visible(want, wrong, what, rtol)

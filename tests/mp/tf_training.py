@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tf_common  # noqa: E402,F401  (sets TensorFlow up before it loads)
-from tf_common import assert_close, same_on_all_ranks  # noqa: E402
+from tf_common import assert_close, assert_params_match, same_on_all_ranks  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -126,11 +126,17 @@ def check_gradient_tape(n, r):
         ("fp16 wire", True,
          lambda t: hvd.DistributedGradientTape(t, compression=hvd.Compression.fp16), lr, 3e-3),
     ]
+    # What the comparison must be able to tell apart: no reduction at all (this rank's shard
+    # alone), and gradients summed instead of averaged (plain SGD: the reference at n times
+    # the rate).
+    wrong = [("no reduction", train_tape(n, r, *local_data, lr, True, lambda t: t)[0]),
+             ("Sum instead of Average",
+              train_tape(n, r, ids, feats, y, lr * n, True, None, distributed=False)[0])]
     for what, compiled, wrap, rate, rtol in variants:
         with BatchLog() as log:
             got, step = train_tape(n, r, *local_data, rate, compiled, wrap)
-        for g, want in zip(got, reference):
-            assert_close(g, want, f"DistributedGradientTape {what}", rtol=rtol)
+        assert_params_match(got, reference, f"DistributedGradientTape {what}", rtol,
+                            wrong if rtol < 1e-4 else ())
         same_on_all_ranks(got, f"DistributedGradientTape {what}")
         # One batch per step, with the embedding's values and indices and two dense gradients.
         want_items = 3 if "sparse_as_dense" in what else 4
@@ -195,8 +201,9 @@ def check_fit(n, r):
     ref.fit(feats, y, batch_size=GLOBAL_BATCH, epochs=epochs, shuffle=False, verbose=0,
             callbacks=[hvd_keras.callbacks.LearningRateWarmupCallback(base_lr,
                                                                       warmup_epochs=warmup)])
-    for got, want in zip(model.get_weights(), ref.get_weights()):
-        assert_close(got, want, "model.fit vs single process", rtol=1e-5)
+    assert_params_match(model.get_weights(), ref.get_weights(), "model.fit vs single process",
+                        1e-5, fit_wrong_answers(n, r, feats, y, root_init, epochs, base_lr,
+                                                warmup))
     same_on_all_ranks(model.get_weights(), "model.fit weights")
     same_on_all_ranks([v.numpy() for v in opt.variables], "optimizer variables")
     # Weights: broadcast (1 batch of model + optimizer variables), then one batch per step.
@@ -218,6 +225,23 @@ def check_fit(n, r):
     same_on_all_ranks([[lg["loss"] for lg in averaged_log.logs]], "averaged logs")
 
 
+def fit_wrong_answers(n, r, feats, y, init, epochs, base_lr, warmup):
+    """What check_fit's model would train to with no reduction (this rank's shard alone) and
+    with gradients summed instead of averaged (SGD: the whole batch at n times the rate)."""
+    wrong = []
+    for bug, x, t, batch, lr in [("no reduction", shard(feats, n, r), shard(y, n, r),
+                                  GLOBAL_BATCH // n, base_lr),
+                                 ("Sum instead of Average", feats, y, GLOBAL_BATCH, base_lr * n)]:
+        model = dense_model(seed=0)
+        model.set_weights(init)
+        model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
+        model.fit(x, t, batch_size=batch, epochs=epochs, shuffle=False, verbose=0,
+                  callbacks=[hvd_keras.callbacks.LearningRateWarmupCallback(
+                      lr, warmup_epochs=warmup)])
+        wrong.append((bug, model.get_weights()))
+    return wrong
+
+
 def check_backward_passes(n, r):
     """backward_passes_per_step=2: sum two passes' averaged gradients, apply every second call;
     single process: Keras' own accumulation (which averages) at twice the rate."""
@@ -232,8 +256,8 @@ def check_backward_passes(n, r):
     ref = dense_model(seed=7)
     ref.compile(optimizer=keras.optimizers.SGD(2 * lr, gradient_accumulation_steps=2), loss="mse")
     ref.fit(feats, y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=False, verbose=0)
-    for got, want in zip(model.get_weights(), ref.get_weights()):
-        assert_close(got, want, "backward_passes_per_step=2 vs single process", rtol=1e-5)
+    assert_params_match(model.get_weights(), ref.get_weights(),
+                        "backward_passes_per_step=2 vs single process", 1e-5)
     same_on_all_ranks(model.get_weights(), "backward_passes_per_step=2 weights")
     assert int(opt.iterations.numpy()) == 2 * STEPS  # every backward pass counts
 
@@ -284,6 +308,10 @@ def check_custom_loop(n, r):
         return model.get_weights()
 
     ref = train(embedding_model(), keras.optimizers.SGD(lr), ids, y, GLOBAL_BATCH)
+    wrong = [("no reduction", train(embedding_model(), keras.optimizers.SGD(lr), local_ids,
+                                    local_y, GLOBAL_BATCH // n)),
+             ("Sum instead of Average",
+              train(embedding_model(), keras.optimizers.SGD(lr * n), ids, y, GLOBAL_BATCH))]
     for what, opt, use_apply in (
             ("sparse", hvd_keras.DistributedOptimizer(keras.optimizers.SGD(lr)), False),
             ("sparse_as_dense, apply(grads)", hvd_keras.DistributedOptimizer(
@@ -291,8 +319,7 @@ def check_custom_loop(n, r):
             ("op=Sum at lr/n", hvd_keras.DistributedOptimizer(keras.optimizers.SGD(lr / n),
                                                               op=hvd.Sum), False)):
         got = train(embedding_model(), opt, local_ids, local_y, GLOBAL_BATCH // n, use_apply)
-        for g, want in zip(got, ref):
-            assert_close(g, want, f"custom loop {what}", rtol=2e-6)
+        assert_params_match(got, ref, f"custom loop {what}", 2e-6, wrong)
         same_on_all_ranks(got, f"custom loop {what}")
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from _util import check_bugs_visible
 from torch_util import expect_close, expect_equal, expect_raises, run_main, setup
 
 hvd, R, N = None, None, None
@@ -44,15 +45,29 @@ def expect_same_on_all_ranks(tensors, what):
 
 # ---- equivalence with single-process training -------------------------------------------------
 
-def train_reference(make_opt):
+def train_reference(make_opt, rows=None, loss_scale=1.0):
+    """One process, no fusecomm: the whole batch (rows=None), or only these rows of it, with
+    the loss (so every gradient) times loss_scale."""
     model = make_model()
     opt = make_opt(model.parameters())
     for step in range(STEPS):
         x, y = batch(step)
+        if rows is not None:
+            x, y = x[rows], y[rows]
         opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
+        (F.mse_loss(model(x), y) * loss_scale).backward()
         opt.step()
     return params_of(model)
+
+
+def expect_params_match(got, expected, label, tol, wrong=()):
+    """Every parameter, the last included, equals the single-process reference, and the bugs in
+    `wrong` would show (_util.check_bugs_visible)."""
+    assert len(got) == len(expected), f"{label}: {len(got)} parameters, expected {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        expect_close(g, e, f"{label}: parameter {i} of {len(expected)}", rtol=tol, atol=tol)
+    as_numpy = lambda params: [p.double().numpy() for p in params]  # noqa: E731
+    check_bugs_visible(as_numpy(expected), [(bug, as_numpy(ps)) for bug, ps in wrong], label, tol)
 
 
 def train_distributed(make_opt, passes, groups=None, **kwargs):
@@ -93,11 +108,15 @@ def check_equivalence():
              ("Adam", adam, 1, {}), ("Adam", adam, 2, {}),
              ("SGD groups=2 predivide", sgd, 1, dict(groups=2, gradient_predivide_factor=2.0)),
              ("Adam groups list", adam, 2, dict(groups=first_layer))]
+    shard = slice(R * (BATCH // N), (R + 1) * (BATCH // N))
     for label, make_opt, passes, kwargs in cases:
         expected = train_reference(make_opt)
+        # Adam is invariant to a gradient's scale, so a Sum there trains (almost) the same.
+        wrong = [("no reduction (this rank's shard alone)", train_reference(make_opt, shard))]
+        if make_opt is sgd:
+            wrong.append(("Sum instead of Average", train_reference(make_opt, loss_scale=N)))
         got = train_distributed(make_opt, passes, **kwargs)
-        for i, (g, e) in enumerate(zip(got, expected)):
-            expect_close(g, e, f"{label} passes={passes} param {i}", rtol=1e-5, atol=1e-5)
+        expect_params_match(got, expected, f"{label} passes={passes}", 1e-5, wrong)
         expect_same_on_all_ranks(got, f"{label} passes={passes}")
 
 

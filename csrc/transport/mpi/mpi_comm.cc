@@ -27,19 +27,45 @@ int CheckedInt(size_t value, const char* what) {
 
 class MpiRequests : public CommRequest {
  public:
+  // What the requests move, for error messages (built only when one is needed).
+  MpiRequests(const char* kind, size_t bytes, int peer, int tag)
+      : kind_(kind), bytes_(bytes), peer_(peer), tag_(tag) {}
   std::vector<MPI_Request> requests;
   void Wait() override {
     if (requests.empty()) return;
-    WaitPolling(requests.data(), static_cast<int>(requests.size()), "MPI_Waitall");
+    if (!TransportAborted()) {
+      // Fast path: most waits are done at the first test, with no message to build.
+      int done = 0;
+      MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                  MPI_STATUSES_IGNORE);
+      if (done) {
+        requests.clear();
+        return;
+      }
+    }
+    WaitData(requests.data(), static_cast<int>(requests.size()), Describe());
     requests.clear();
   }
   ~MpiRequests() override {
-    // A request abandoned by an exception must still complete before its buffer goes away
-    // (unless a peer died: then it never will, and the process is going down anyway).
-    if (!requests.empty() && !TransportAborted()) {
-      MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+    // Abandoned by an exception: the collective failed on this rank while its peers may still
+    // be in it. Waiting here could hang, and a message left behind could match a later
+    // collective's receive, so the transport is aborted instead (the peers learn of it).
+    if (!requests.empty()) {
+      AbortTransport("a collective failed on this rank with its " + Describe() +
+                     " still pending");
     }
   }
+
+ private:
+  std::string Describe() const {
+    return std::string(kind_) + " of " + std::to_string(bytes_) + " bytes " +
+           (std::string(kind_) == "send" ? "to" : "from") + " rank " + std::to_string(peer_) +
+           " (tag " + std::to_string(tag_) + ")";
+  }
+  const char* kind_;
+  size_t bytes_;
+  int peer_;
+  int tag_;
 };
 
 // User-defined MPI ops: for the types MPI has no native reduction for (fp16, bf16), for bool
@@ -169,7 +195,7 @@ void MpiComm::SendRecv(const void* sendbuf, size_t send_bytes, int dst, void* re
 }
 
 std::unique_ptr<CommRequest> MpiComm::Isend(const void* buf, size_t bytes, int peer, int tag) {
-  auto req = std::make_unique<MpiRequests>();
+  auto req = std::make_unique<MpiRequests>("send", bytes, peer, tag);
   const char* p = static_cast<const char*>(buf);
   // A zero-byte message is still sent so that the matching receive completes.
   size_t offset = 0;
@@ -187,7 +213,7 @@ std::unique_ptr<CommRequest> MpiComm::Isend(const void* buf, size_t bytes, int p
 }
 
 std::unique_ptr<CommRequest> MpiComm::Irecv(void* buf, size_t bytes, int peer, int tag) {
-  auto req = std::make_unique<MpiRequests>();
+  auto req = std::make_unique<MpiRequests>("receive", bytes, peer, tag);
   char* p = static_cast<char*>(buf);
   size_t offset = 0;
   do {
@@ -220,7 +246,7 @@ void MpiComm::NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp 
     CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
                             comm_, &req),
              "MPI_Iallreduce");
-    WaitPolling(&req, 1, "MPI_Iallreduce");
+    WaitData(&req, 1, "MPI_Iallreduce");
   }
 }
 
@@ -231,7 +257,7 @@ void MpiComm::NativeBroadcast(void* buf, size_t bytes, int root) {
     MPI_Request req;
     CheckMpi(MPI_Ibcast(p + offset, static_cast<int>(n), MPI_BYTE, root, comm_, &req),
              "MPI_Ibcast");
-    WaitPolling(&req, 1, "MPI_Ibcast");
+    WaitData(&req, 1, "MPI_Ibcast");
   }
 }
 
@@ -243,7 +269,7 @@ void MpiComm::NativeAllgatherv(const void* send, size_t send_bytes, void* recv,
   CheckMpi(MPI_Iallgatherv(send, CheckedInt(send_bytes, "allgather block size"), MPI_BYTE, recv,
                            counts.data(), displs.data(), MPI_BYTE, comm_, &req),
            "MPI_Iallgatherv");
-  WaitPolling(&req, 1, "MPI_Iallgatherv");
+  WaitData(&req, 1, "MPI_Iallgatherv");
 }
 
 void MpiComm::NativeAlltoallv(const void* send, const std::vector<size_t>& send_bytes, void* recv,
@@ -256,7 +282,7 @@ void MpiComm::NativeAlltoallv(const void* send, const std::vector<size_t>& send_
   CheckMpi(MPI_Ialltoallv(send, scounts.data(), sdispls.data(), MPI_BYTE, recv, rcounts.data(),
                           rdispls.data(), MPI_BYTE, comm_, &req),
            "MPI_Ialltoallv");
-  WaitPolling(&req, 1, "MPI_Ialltoallv");
+  WaitData(&req, 1, "MPI_Ialltoallv");
 }
 
 void MpiComm::NativeReduceScatterv(const void* send, void* recv,
@@ -267,13 +293,13 @@ void MpiComm::NativeReduceScatterv(const void* send, void* recv,
   CheckMpi(MPI_Ireduce_scatter(send, recv, counts.data(), ToMpiType(dtype), ToMpiOp(dtype, op),
                                comm_, &req),
            "MPI_Ireduce_scatter");
-  WaitPolling(&req, 1, "MPI_Ireduce_scatter");
+  WaitData(&req, 1, "MPI_Ireduce_scatter");
 }
 
 void MpiComm::Barrier() {
   MPI_Request req;
   CheckMpi(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
-  WaitPolling(&req, 1, "MPI_Ibarrier");
+  WaitData(&req, 1, "MPI_Ibarrier");
 }
 
 }  // namespace fusecomm

@@ -2,8 +2,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common/errors.h"
 #include "transport/mpi/mpi_comm.h"
@@ -14,6 +16,39 @@ namespace {
 std::atomic<bool> g_aborted{false};
 std::mutex g_reason_mutex;
 std::string g_reason;
+thread_local double t_data_timeout_seconds = 0;
+
+using Clock = std::chrono::steady_clock;
+
+// Polls until every request is done. Spinning keeps small messages at microseconds; then the
+// thread sleeps so an oversubscribed or busy rank gets its core back. Returns false when
+// `timeout_seconds` > 0 passed with no request completing (each completion restarts the clock,
+// so a long transfer that keeps moving is never cut off).
+bool Poll(MPI_Request* requests, int count, const char* call, int max_sleep_us,
+          double timeout_seconds) {
+  constexpr int kSpinIterations = 2000;
+  const auto limit = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(timeout_seconds));
+  std::vector<int> indices(static_cast<size_t>(count));
+  auto last_progress = Clock::now();
+  auto sleep = std::chrono::microseconds(2);
+  for (int i = 0;; ++i) {
+    if (TransportAborted()) throw CollectiveError(TransportAbortReason());
+    int completed = 0;
+    // Completed requests become MPI_REQUEST_NULL; MPI_UNDEFINED: none is left.
+    CheckMpi(MPI_Testsome(count, requests, &completed, indices.data(), MPI_STATUSES_IGNORE),
+             call);
+    if (completed == MPI_UNDEFINED) return true;
+    if (completed > 0) {
+      last_progress = Clock::now();
+      continue;
+    }
+    if (i < kSpinIterations) continue;
+    if (timeout_seconds > 0 && Clock::now() - last_progress > limit) return false;
+    std::this_thread::sleep_for(sleep);
+    if (sleep.count() < max_sleep_us) sleep *= 2;
+  }
+}
 }  // namespace
 
 void AbortTransport(const std::string& reason) {
@@ -30,20 +65,28 @@ std::string TransportAbortReason() {
   return g_reason;
 }
 
+void BoundDataWaits(double seconds) { t_data_timeout_seconds = seconds; }
+
 void WaitPolling(MPI_Request* requests, int count, const char* call, int max_sleep_us) {
-  // Spinning keeps small messages at microseconds; then the thread sleeps so an oversubscribed
-  // or busy rank gets its core back.
-  constexpr int kSpinIterations = 2000;
-  int done = 0;
-  auto sleep = std::chrono::microseconds(2);
-  for (int i = 0;; ++i) {
-    if (TransportAborted()) throw CollectiveError(TransportAbortReason());
-    CheckMpi(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE), call);
-    if (done) return;
-    if (i < kSpinIterations) continue;
-    std::this_thread::sleep_for(sleep);
-    if (sleep.count() < max_sleep_us) sleep *= 2;
+  Poll(requests, count, call, max_sleep_us, 0);
+}
+
+void WaitData(MPI_Request* requests, int count, const std::string& what) {
+  const double timeout = t_data_timeout_seconds;
+  std::string reason;
+  try {
+    if (Poll(requests, count, "MPI_Testsome", /*max_sleep_us=*/50, timeout)) return;
+    char seconds[32];
+    std::snprintf(seconds, sizeof(seconds), "%g", timeout);
+    reason = what + ": nothing arrived or left for " + seconds +
+             " s (FUSECOMM_DATA_TIMEOUT_SECONDS): the peer is not taking part in this "
+             "collective (it failed, hung, or is running a different one)";
+  } catch (const CollectiveError& e) {
+    if (TransportAborted()) throw;
+    reason = what + ": " + e.what();
   }
+  AbortTransport(reason);
+  throw CollectiveError(reason);
 }
 
 }  // namespace fusecomm
