@@ -11,6 +11,7 @@ import torch
 
 from fusecomm._engine import Adasum
 from fusecomm.torch.mpi_ops import allreduce_async_, synchronize
+from fusecomm.torch.optim import evaluate_closure
 
 
 class _DistributedAdasumOptimizer:
@@ -49,10 +50,7 @@ class _DistributedAdasumOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         starts = [p.detach().clone() for p in params]
         super().step()

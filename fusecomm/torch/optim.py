@@ -15,6 +15,15 @@ from fusecomm.optim.batch_control import BatchSizePlan, Stage  # noqa: F401  (re
 LABEL_SMOOTHING = rules.LABEL_SMOOTHING
 
 
+def evaluate_closure(closure):
+    """torch.optim's closure convention: re-evaluate the loss with gradients enabled (step()
+    itself runs under no_grad); None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def label_smoothing_loss(epsilon=LABEL_SMOOTHING, **kwargs):
     """The recipe's loss: torch's cross entropy with label smoothing (Mikami et al.)."""
     return torch.nn.CrossEntropyLoss(label_smoothing=epsilon, **kwargs)
@@ -59,10 +68,7 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -107,10 +113,7 @@ class LAMB(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:
@@ -167,10 +170,7 @@ class RMSpropWarmup(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         a = self.sgd_weight()
         for group in self.param_groups:
             for p in group["params"]:
