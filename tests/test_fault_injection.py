@@ -164,3 +164,17 @@ def test_launcher_ends_ranks_stuck_outside_fusecomm():
     assert f"ranks still running {grace:.0f} s after a rank failed; ending the job" in out, out
     assert "fusecomm run: the first rank to fail: rank 1 exited with code 1" in out, out
     assert time.monotonic() - started < INIT_LIMIT + grace + 60, out
+
+
+def test_launcher_reads_markers_glued_onto_one_line():
+    # mpirun may print two ranks' markers on one line; the earlier failure is named even when
+    # its marker comes second (seen in CI: rank 1's marker, then rank 2's, on one line).
+    from fusecomm.runner import launch, rank_wrapper
+
+    failures = launch._Failures()
+    marker = rank_wrapper.MARKER
+    count = failures.add(f"{marker}rank 1 exited with code 1 (failed at 100.000900)"
+                         f"{marker}rank 2 exited with code 1 (failed at 100.000100)\n")
+    assert count == 2
+    failures.add(f"{marker}rank 3 exited with code 1 (failed at 100.002000)\n")
+    assert rank_wrapper.without_time(failures.first()) == "rank 2 exited with code 1"

@@ -150,12 +150,16 @@ class _Failures:
         self._lock = threading.Lock()  # the status service reads from its own thread
 
     def add(self, line):
-        text = line.split(rank_wrapper.MARKER, 1)[1].strip()
-        when = rank_wrapper.failure_time(text)
-        secondary = rank_wrapper.caused_by(text) is not None
+        """Records every marker in `line` (mpirun may glue two ranks' markers onto one line);
+        returns how many markers are known."""
+        for text in line.split(rank_wrapper.MARKER)[1:]:
+            text = text.strip()
+            when = rank_wrapper.failure_time(text)
+            secondary = rank_wrapper.caused_by(text) is not None
+            with self._lock:
+                self.markers.append((secondary, when if when is not None else float("inf"),
+                                     len(self.markers), text))
         with self._lock:
-            self.markers.append((secondary, when if when is not None else float("inf"),
-                                 len(self.markers), text))
             return len(self.markers)
 
     def first(self):
@@ -243,6 +247,7 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
 
     backstop = threading.Timer(grace, stop_job)
     backstop.daemon = True
+    backstop_started = False
     try:
         for line in proc.stdout:
             if _PMIX_NOTICE_NOISE.match(line):
@@ -250,7 +255,9 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
             sys.stdout.write(line)
             sys.stdout.flush()
             if rank_wrapper.MARKER in line:
-                if failures.add(line) == 1:
+                known = failures.add(line)
+                if known and not backstop_started:
+                    backstop_started = True
                     backstop.start()
         code = proc.wait()
     except KeyboardInterrupt:
