@@ -1,5 +1,5 @@
 """fusecomm.tensorflow.keras.layers.SyncBatchNormalization on several ranks whose batches have
-different sizes (rank r holds 2 + 3r samples): outputs, gradients (inputs, gamma, beta) and
+different sizes (rank r holds 2 + 3r samples; at 3+ ranks rank 1 none): outputs, gradients (inputs, gamma, beta) and
 moving statistics against one process running keras.layers.BatchNormalization on the
 concatenated global batch, eagerly and inside tf.function, channels last and channels first;
 then moving_averages=False (Akiba et al.) against NumPy: the stored statistics are the last
@@ -27,18 +27,18 @@ CHANNELS = 4
 RTOL = 2e-5
 
 
-def rows_of(q):
-    return 2 + 3 * q
+def rows_of(q, n):
+    return 0 if (q == 1 and n >= 3) else 2 + 3 * q  # at 3+ ranks, rank 1 has no samples
 
 
 def global_batch(n, step, shape_tail):
     """Every rank's samples (rank q's are rows offsets[q]:offsets[q+1]) and the upstream
     gradient, the same on every rank."""
     rng = np.random.default_rng([SEED, n, step, len(shape_tail)])
-    total = sum(rows_of(q) for q in range(n))
+    total = sum(rows_of(q, n) for q in range(n))
     x = (rng.standard_normal((total,) + shape_tail) * 3 + 2).astype(np.float32)
     up = rng.standard_normal(x.shape).astype(np.float32)
-    offsets = np.cumsum([0] + [rows_of(q) for q in range(n)])
+    offsets = np.cumsum([0] + [rows_of(q, n) for q in range(n)])
     return x, up, offsets
 
 
