@@ -1,7 +1,7 @@
 """fusecomm.tensorflow.keras.layers.SyncBatchNormalization on several ranks whose batches have
 different sizes (rank r holds 2 + 3r samples; at 3+ ranks rank 1 none): outputs, gradients
-(inputs, gamma, beta) and moving statistics against one process running keras.layers.BatchNormalization on the
-concatenated global batch, eagerly and inside tf.function, channels last and channels first;
+(inputs, gamma, beta) and moving statistics against one process running
+keras.layers.BatchNormalization on the concatenated global batch, eagerly and inside tf.function, channels last and channels first;
 then moving_averages=False (Akiba et al.) against NumPy: the stored statistics are the last
 global batch's mean and biased variance, and inference normalizes with them.
 
