@@ -1,8 +1,9 @@
 """fusecomm.tensorflow.keras.layers.SyncBatchNormalization on several ranks whose batches have
 different sizes (rank r holds 2 + 3r samples; at 3+ ranks rank 1 none): outputs, gradients
 (inputs, gamma, beta) and moving statistics against one process running
-keras.layers.BatchNormalization on the concatenated global batch, eagerly and inside tf.function, channels last and channels first;
-then moving_averages=False (Akiba et al.) against NumPy: the stored statistics are the last
+keras.layers.BatchNormalization on the concatenated global batch, eagerly and inside
+tf.function, channels last and channels first, and with a mask over time steps; then
+moving_averages=False (Akiba et al.) against NumPy: the stored statistics are the last
 global batch's mean and biased variance, and inference normalizes with them.
 
 Run: mpirun -np N python tests/mp/keras_sync_batch_norm.py   (N = 2, 3)"""
@@ -58,26 +59,34 @@ def make_pair(axis, input_shape, **kwargs):
     return sync, ref
 
 
-def forward_backward(layer, x, up):
+def forward_backward(layer, x, up, mask=None):
     x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x, training=True)
+        y = layer(x, training=True, mask=mask)
         loss = tf.reduce_sum(y * up)
     dx, dgamma, dbeta = tape.gradient(loss, [x, layer.gamma, layer.beta])
     return y, dx, dgamma, dbeta
 
 
-def check_against_single_process(r, n, axis, shape_tail, graph):
-    what = f"axis={axis} tail={shape_tail} graph={graph} seed={SEED}"
+def sample_mask(x, s):
+    """A (rows, steps) mask over a (rows, steps, channels) batch, a third of it off."""
+    rng = np.random.default_rng([SEED, s, 7])
+    return rng.uniform(size=x.shape[:2]) > 0.33
+
+
+def check_against_single_process(r, n, axis, shape_tail, graph, masked=False):
+    what = f"axis={axis} tail={shape_tail} graph={graph} masked={masked} seed={SEED}"
     input_shape = (None,) + shape_tail
     sync, ref = make_pair(axis, input_shape)
     step = tf.function(forward_backward) if graph else forward_backward
     for s in range(3):  # moving statistics accumulate over steps
         x, up, off = global_batch(n, s, shape_tail)
         mine = slice(off[r], off[r + 1])
-        y, dx, dgamma, dbeta = step(sync, x[mine], up[mine])
-        y_ref, dx_ref, dgamma_ref, dbeta_ref = forward_backward(ref, x, up)
+        mask = sample_mask(x, s) if masked else None
+        y, dx, dgamma, dbeta = step(sync, x[mine], up[mine],
+                                    None if mask is None else mask[mine])
+        y_ref, dx_ref, dgamma_ref, dbeta_ref = forward_backward(ref, x, up, mask)
         assert_close(y.numpy(), y_ref.numpy()[mine], f"{what} step {s}: output", rtol=RTOL)
         assert_close(dx.numpy(), dx_ref.numpy()[mine], f"{what} step {s}: input gradient",
                      rtol=RTOL)
@@ -147,6 +156,7 @@ def main():
     for axis, tail in ((-1, (CHANNELS,)), (-1, (3, CHANNELS)), (1, (CHANNELS, 3))):
         for graph in (False, True):
             check_against_single_process(r, n, axis, tail, graph)
+    check_against_single_process(r, n, -1, (3, CHANNELS), False, masked=True)
     check_without_moving_averages(r, n)
     check_fit(r, n)
     fusecomm.barrier()
