@@ -122,6 +122,12 @@ class PinnedArena {
 
 bool CallerOutput(OpType type) { return type == OpType::kAllreduce || type == OpType::kBroadcast; }
 
+// Operations that only the host plane implements (the planner fuses one reduce op per group).
+bool NeedsHost(const std::vector<Request*>& group) {
+  return !group.empty() && group[0]->spec.op_type == OpType::kAllreduce &&
+         group[0]->spec.reduce_op == ReduceOp::kAdasum;
+}
+
 // What each rank tells the others when its GPU context is created.
 struct GpuIdentity {
   char ok = 0;
@@ -225,7 +231,9 @@ void DeviceExecutor::Run(const std::vector<Request*>& group,
                 "cudaStreamWaitEvent");
     }
   }
-  if (!context.nccl) {
+  // Adasum runs staged on host memory even where NCCL is up: its per-tensor dot products and
+  // pairwise combinations are host code (csrc/collectives/adasum_allreduce.cc over MPI).
+  if (!context.nccl || NeedsHost(group)) {
     RunStaged(context, group, run);
     return;
   }

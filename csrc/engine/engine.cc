@@ -370,10 +370,6 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
     throw InvalidArgument("Adasum is an allreduce op: reducescatter takes Sum, Average, Min, Max "
                           "or Product");
   }
-  if (reduces && spec.reduce_op == ReduceOp::kAdasum && spec.device >= 0) {
-    throw InvalidArgument("Adasum runs on host tensors; tensor '" + spec.name + "' is on cuda:" +
-                          std::to_string(spec.device) + " (move it to the CPU)");
-  }
   if (reduces && spec.dtype == DataType::kBool &&
       (spec.prescale != 1.0 || spec.postscale != 1.0)) {
     throw InvalidArgument("bool tensors cannot be scaled");

@@ -90,8 +90,9 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
   std::vector<size_t> counts;
   for (Request* r : group) counts.push_back(ElementCount(r->spec));
   for (size_t c : counts) total += c;
-  // Adasum is an all-reduce of its own, on every member's counts (the engine admits it only for
-  // host tensors); the other ops take the requested or chosen algorithm.
+  // Adasum is an all-reduce of its own, on every member's counts (always on the host plane:
+  // device tensors are staged through host memory); the other ops take the requested or chosen
+  // algorithm.
   const bool adasum = kind.reduce_op == ReduceOp::kAdasum;
   const AllreduceAlgorithm algorithm =
       adasum ? AllreduceAlgorithm::kAuto
