@@ -98,7 +98,7 @@ def _fmt(value):
     return "" if value is None else str(value)
 
 
-def plot(rows, path, by_ranks):
+def plot(rows, path, by_ranks, title=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,6 +116,8 @@ def plot(rows, path, by_ranks):
     ax.set_ylabel("predicted all-reduce time (s)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -183,5 +185,5 @@ def main(args):
         print(clusters[0].describe())
         print(_table(rows, columns))
     if args.plot and not args.model:
-        plot(rows, args.plot, by_ranks=len(ranks_list) > 1)
+        plot(rows, args.plot, by_ranks=len(ranks_list) > 1, title=clusters[0].describe())
     return 0
