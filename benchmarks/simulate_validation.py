@@ -10,9 +10,19 @@ Parameters, fitted on as little as possible and then held fixed:
 - inter-node α: the one value that best fits the 2x2 1 Gbit/s ring (log error, 64 KiB and up).
 Everything else (other algorithms, other configurations) is predicted, not fitted.
 
+Fresh testbed runs (docs/simulate_testbed/, made with
+
+    FUSECOMM_CALIBRATION_FILE=docs/simulate_testbed/cal_2x2_1gbit.txt \
+      python benchmarks/testbed_allreduce.py --out docs/simulate_testbed --configs 2x2 \
+      --links 1gbit --min-bytes 64K --max-bytes 16M --step-factor 16 --what allreduce
+
+as root) are predicted twice: with the nominal links above, and from the calibration fusecomm
+measured at init in that very run (`--calibration`'s path).
+
     python benchmarks/simulate_validation.py --out docs/simulate_validation.json
 """
 import argparse
+import glob
 import json
 import os
 import sys
@@ -85,46 +95,82 @@ CONFIGS = [  # name, file, (nodes, ranks per node, inter β)
 ]
 
 
+def compare(name, measured, cluster):
+    """Rows of predicted against measured per size and algorithm, and the order per size."""
+    rows = []
+    for size in sorted({s for _, s in measured}):
+        here = {a: measured[(a, size)] for a in ALGS if (a, size) in measured}
+        pred = {a: simulate_allreduce(cluster, size, a)["seconds"] for a in here}
+        order_meas = sorted(here, key=here.get)
+        order_pred = sorted(pred, key=pred.get)
+        for a in here:
+            rows.append({"config": name, "size": size, "algorithm": a,
+                         "measured_s": here[a], "predicted_s": pred[a],
+                         "error": pred[a] / here[a] - 1})
+        rows.append({"config": name, "size": size, "algorithm": "(order)",
+                     "measured_best": order_meas[0], "predicted_best": order_pred[0],
+                     # Ties within the noise count: the predicted best measured within 10% of
+                     # the measured best.
+                     "best_matches": here[order_pred[0]] <= 1.1 * here[order_meas[0]],
+                     "measured_order": order_meas, "predicted_order": order_pred})
+    return rows
+
+
+def summary_line(name, rows):
+    errs = [abs(r["error"]) for r in rows if r["config"] == name and "error" in r]
+    orders = [r for r in rows if r["config"] == name and r["algorithm"] == "(order)"]
+    sizes = sorted({r["size"] for r in orders})
+    return (f"| {name} | {_kib(sizes[0])}–{_kib(sizes[-1])} | {np.median(errs):.0%} | "
+            f"{max(errs):.0%} | {sum(e <= 0.2 for e in errs)}/{len(errs)} | "
+            f"{sum(r['best_matches'] for r in orders)}/{len(orders)} |")
+
+
+def fresh_configs(directory, intra, alpha_inter):
+    """(name, measured, cluster) for every testbed_NxK_LINK.jsonl in `directory`: once with the
+    nominal links, once with the calibration fusecomm measured on it (cal_NxK_LINK.txt)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(directory, "testbed_*x*_*.jsonl"))):
+        shape, link = os.path.basename(path)[len("testbed_"):-len(".jsonl")].split("_", 1)
+        nodes, k = (int(v) for v in shape.split("x"))
+        measured = load(path)
+        name = f"fresh testbed {shape}, {link}"
+        out.append((name + ", nominal links", measured,
+                    predict((nodes, k, link_beta(link)), intra, alpha_inter)))
+        calibration = os.path.join(directory, f"cal_{shape}_{link}.txt")
+        if os.path.exists(calibration):
+            with open(calibration) as f:
+                cluster = Cluster.from_calibration(f.read(), nodes, k)
+            out.append((name + ", its calibration", measured, cluster))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--figure", help="also draw the ResNet-50 scaling figure here (PNG)")
+    parser.add_argument("--fresh", default=os.path.join(ROOT, "docs/simulate_testbed"),
+                        help="a directory of new testbed runs (testbed_allreduce.py --out DIR, "
+                             "run with FUSECOMM_CALIBRATION_FILE=DIR/cal_NxK_LINK.txt)")
     args = parser.parse_args(argv)
     intra = fit_intra()
     testbed_fit = load(os.path.join(ROOT, CONFIGS[3][1]))
     alpha_inter = fit_alpha_inter(testbed_fit, intra, CONFIGS[3][2])
     print(f"fitted: intra α={intra[0]:.3g} s β={intra[1]:.3g} s/B; inter α={alpha_inter:.3g} s; "
           f"inter β = the link's nominal rate")
-    rows = []
+    configs = []
     for name, path, (nodes, k, beta_inter) in CONFIGS:
-        measured = load(os.path.join(ROOT, path))
         config = (nodes, k, beta_inter if beta_inter is not None else intra[1])
         a_inter = alpha_inter if beta_inter is not None else intra[0]
-        cluster = predict(config, intra, a_inter)
-        for size in sorted({s for _, s in measured}):
-            here = {a: measured[(a, size)] for a in ALGS if (a, size) in measured}
-            pred = {a: simulate_allreduce(cluster, size, a)["seconds"] for a in here}
-            order_meas = sorted(here, key=here.get)
-            order_pred = sorted(pred, key=pred.get)
-            for a in here:
-                rows.append({"config": name, "size": size, "algorithm": a,
-                             "measured_s": here[a], "predicted_s": pred[a],
-                             "error": pred[a] / here[a] - 1})
-            rows.append({"config": name, "size": size, "algorithm": "(order)",
-                         "measured_best": order_meas[0], "predicted_best": order_pred[0],
-                         # Ties within the noise count: the predicted best measured within
-                         # 10% of the measured best.
-                         "best_matches": here[order_pred[0]] <= 1.1 * here[order_meas[0]],
-                         "measured_order": order_meas, "predicted_order": order_pred})
-    print("| configuration | sizes | median abs error | max abs error | within 20% | predicted best within 10% of measured best |")
+        configs.append((name, load(os.path.join(ROOT, path)), predict(config, intra, a_inter)))
+    if os.path.isdir(args.fresh):
+        configs += fresh_configs(args.fresh, intra, alpha_inter)
+    rows = []
+    print("| configuration | sizes | median abs error | max abs error | within 20% | "
+          "predicted best within 10% of measured best |")
     print("|---|---|---:|---:|---:|---:|")
-    for name, _, _ in CONFIGS:
-        errs = [abs(r["error"]) for r in rows if r["config"] == name and "error" in r]
-        orders = [r for r in rows if r["config"] == name and r["algorithm"] == "(order)"]
-        sizes = sorted({r["size"] for r in orders})
-        print(f"| {name} | {_kib(sizes[0])}–{_kib(sizes[-1])} | {np.median(errs):.0%} | "
-              f"{max(errs):.0%} | {sum(e <= 0.2 for e in errs)}/{len(errs)} | "
-              f"{sum(r['best_matches'] for r in orders)}/{len(orders)} |")
+    for name, measured, cluster in configs:
+        rows += compare(name, measured, cluster)
+        print(summary_line(name, rows))
     if args.figure:
         resnet50_figure(args.figure)
     if args.out:

@@ -219,3 +219,49 @@ def test_size_sweeps():
     assert parse_sizes("1M,100") == [1 << 20, 100]
     with pytest.raises(ValueError):
         parse_sizes("lots")
+
+
+def _fresh_runs():
+    import glob
+    import os
+    here = os.path.join(os.path.dirname(__file__), "..", "docs", "simulate_testbed")
+    for cal in sorted(glob.glob(os.path.join(here, "cal_*.txt"))):
+        shape, link = os.path.basename(cal)[4:-4].split("_")
+        rows = os.path.join(here, f"testbed_{shape}_{link}.jsonl")
+        if os.path.exists(rows):
+            yield shape, cal, rows
+
+
+@pytest.mark.parametrize("shape,cal,rows", list(_fresh_runs()) or [pytest.param(
+    None, None, None, marks=pytest.mark.skip(reason="no docs/simulate_testbed runs"))])
+def test_selector_reproduces_fusecomms_own_predictions(shape, cal, rows):
+    """On a testbed run, fusecomm wrote its calibration (FUSECOMM_CALIBRATION_FILE) and, beside
+    every measurement, the time its cost model predicted: closed_form's port of the selector,
+    fed that file, gives the same numbers (to the file's 6 digits)."""
+    nodes, k = (int(v) for v in shape.split("x"))
+    with open(cal) as f:
+        cluster = Cluster.from_calibration(f.read(), nodes, k)
+    checked = 0
+    with open(rows) as f:
+        for line in f:
+            r = json.loads(line)
+            algorithm = r["impl"].split(":")[-1]
+            if r["impl"].startswith("fusecomm:") and algorithm in (
+                    "ring", "rhd", "hierarchical", "hierarchical_scatter", "torus2d"):
+                assert selector_seconds(algorithm, cluster, r["size"]) * 1e6 == pytest.approx(
+                    r["predicted_us"], rel=2e-5), (algorithm, r["size"])
+                checked += 1
+    assert checked >= 10
+
+
+def test_one_flow_slower_than_the_nic():
+    """A single flow capped below the NIC's rate (a calibration whose global ring is slower than
+    its cross-node rings per NIC) slows the ring, which crosses with one flow per node, but not
+    hierarchical_scatter's k flows per NIC, which fill the NIC anyway."""
+    base = dict(nodes=2, gpus_per_node=4, beta_intra=1e-11, beta_inter=1e-9, **WHOLE)
+    capped = Cluster(**base, beta_flow=2e-9)
+    n = 16 << 20
+    assert simulate_allreduce(capped, n, "ring")["seconds"] > 1.9 * simulate_allreduce(
+        Cluster(**base), n, "ring")["seconds"]
+    assert simulate_allreduce(capped, n, "hierarchical_scatter")["seconds"] == pytest.approx(
+        simulate_allreduce(Cluster(**base), n, "hierarchical_scatter")["seconds"])

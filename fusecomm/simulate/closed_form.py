@@ -58,8 +58,15 @@ def _ring_cost(q, n):
     return (2 * (q - 1), 2 * n * (q - 1) / q) if q > 1 else (0, 0.0)
 
 
+def _heavier(a, b):
+    """cost_model.cc's Busiest: the costlier of two ranks' (steps, bytes), by 1 µs + 1 ns/B."""
+    return a if a[0] * 1e-6 + a[1] * 1e-9 >= b[0] * 1e-6 + b[1] * 1e-9 else b
+
+
 def _busiest_cost(algorithm, cluster, n, x):
-    """(steps, bytes) of the busiest rank: the cost functions of csrc/collectives/allreduce.h."""
+    """(steps, bytes) the selector charges: CostOf in cost_model.cc, which evaluates the cost
+    functions of csrc/collectives/allreduce.h for the first and the last rank (or the first
+    node's leader) and takes the costlier."""
     p, sizes = cluster.ranks, cluster.node_sizes
     k, m = sizes[0], len(sizes)
     lg = lambda q: math.ceil(math.log2(q)) if q > 1 else 0  # noqa: E731
@@ -67,8 +74,8 @@ def _busiest_cost(algorithm, cluster, n, x):
         return _ring_cost(p, n)
     if algorithm == "rhd":
         pp = 1 << (p.bit_length() - 1)
-        fold = (2, n) if p != pp else (0, 0.0)
-        return 2 * lg(pp) + fold[0], 2 * n * (pp - 1) / pp + fold[1]
+        plain = (2 * lg(pp), 2 * n * (pp - 1) / pp)  # the last rank never folds
+        return _heavier((2, n), plain) if p != pp else plain  # rank 0 folds out when p != pp
     if algorithm == "hierarchical":  # the leader: receives the tree, rings, sends the broadcast
         steps, sent = _ring_cost(m, n)
         return 2 * lg(k) + steps, n * lg(k) + sent
@@ -76,10 +83,14 @@ def _busiest_cost(algorithm, cluster, n, x):
         steps, sent = _ring_cost(m, n / k)
         return 2 * (k - 1) + steps, 2 * n * (k - 1) / k + sent
     if algorithm == "torus2d":
-        rows = p // x
+        rows, partial = divmod(p, x)
         steps, sent = _ring_cost(rows, n / x)
-        fold = (2, n) if p % x else (0, 0.0)
-        return 2 * (x - 1) + steps + fold[0], 2 * n * (x - 1) / x + sent + fold[1]
+        first = (2 * (x - 1) + steps, 2 * n * (x - 1) / x + sent)
+        if not partial:
+            return first
+        if rows == 1:  # rank 0 is in the last full row: it takes a fold
+            first = (first[0] + 2, first[1] + n)
+        return _heavier(first, (2, n))  # the last rank folds into the row above
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 

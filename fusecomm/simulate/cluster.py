@@ -6,7 +6,9 @@ Links, as the event model uses them:
   `alpha_intra` seconds per message, `beta_intra` seconds per byte, one send and one receive at
   a time;
 - every node has one network interface (NIC), full duplex, `beta_inter` seconds per byte for
-  the whole node: flows leaving (or entering) one node at once share it;
+  the whole node: flows leaving (or entering) one node at once share it; one flow alone may be
+  slower than the NIC (`alpha_flow`, `beta_flow`: a TCP stream on a CPU, a GPU's PCIe path) —
+  by default it is not;
 - `gamma` seconds per byte reduced.
 
 fusecomm's calibration at init (csrc/collectives/cost_model.cc, printed by `fusecomm bench
@@ -72,6 +74,8 @@ class Cluster:
     alpha_inter: float = DEFAULT_ALPHA
     beta_inter: float = DEFAULT_BETA
     gamma: float = DEFAULT_GAMMA
+    alpha_flow: float = None  # one flow alone across nodes (None: alpha_inter)
+    beta_flow: float = None  # one flow alone across nodes, at best (None: beta_inter)
     segment_bytes: int = DEFAULT_SEGMENT_BYTES  # 0: whole messages, no pipelining
     nic_contention: bool = True  # flows through one node's NIC share its rate
     ranks_override: int = 0  # fewer ranks than nodes * gpus_per_node: the last node is partial
@@ -81,8 +85,9 @@ class Cluster:
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise ValueError(f"a cluster needs at least one node of one GPU, got "
                              f"{self.nodes} x {self.gpus_per_node}")
-        for name in ("alpha_intra", "beta_intra", "alpha_inter", "beta_inter", "gamma"):
-            if getattr(self, name) < 0:
+        for name in ("alpha_intra", "beta_intra", "alpha_inter", "beta_inter", "gamma",
+                     "alpha_flow", "beta_flow"):
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.ranks_override and not (
                 (self.nodes - 1) * self.gpus_per_node < self.ranks_override
@@ -98,6 +103,13 @@ class Cluster:
         nodes = math.ceil(ranks / gpus_per_node)
         override = ranks if ranks != nodes * gpus_per_node else 0
         return cls(nodes=nodes, gpus_per_node=gpus_per_node, ranks_override=override, **links)
+
+    @property
+    def single_flow(self):
+        """(α, β) of one flow alone across nodes."""
+        return (self.alpha_inter if self.alpha_flow is None else self.alpha_flow,
+                self.beta_inter if self.beta_flow is None else max(self.beta_flow,
+                                                                   self.beta_inter))
 
     @property
     def ranks(self):
@@ -134,10 +146,11 @@ class Cluster:
                                  self.beta_intra, self.alpha_intra, self.beta_intra, self.gamma)
         # The cross-node rings run k flows per NIC at once; the global ring one flow per node
         # boundary, at the pace of the slower link.
+        alpha_one, beta_one = self.single_flow
         return SelectorModel(self.alpha_intra, self.beta_intra, self.alpha_inter,
-                             self.beta_inter * (k if self.nic_contention else 1),
-                             max(self.alpha_intra, self.alpha_inter),
-                             max(self.beta_intra, self.beta_inter), self.gamma)
+                             max(beta_one, self.beta_inter * (k if self.nic_contention else 1)),
+                             max(self.alpha_intra, alpha_one),
+                             max(self.beta_intra, beta_one), self.gamma)
 
     @classmethod
     def from_calibration(cls, text, nodes, gpus_per_node, ranks=None, **options):
@@ -147,6 +160,7 @@ class Cluster:
         k = gpus_per_node
         links = dict(alpha_intra=model.alpha_intra, beta_intra=model.beta_intra,
                      alpha_inter=model.alpha_inter, beta_inter=model.beta_inter / k,
+                     alpha_flow=model.alpha_ring, beta_flow=model.beta_ring,
                      gamma=model.gamma, calibration=model, **options)
         if ranks is None:
             ranks = nodes * gpus_per_node
@@ -158,7 +172,8 @@ class Cluster:
 
     def describe(self):
         return (f"{self.ranks} GPUs = {self.nodes} nodes x {self.gpus_per_node}; intra "
-                f"α={self.alpha_intra:.3g}s β={self.beta_intra:.3g}s/B; NIC α={self.alpha_inter:.3g}s "
+                f"α={self.alpha_intra:.3g}s β={self.beta_intra:.3g}s/B; "
+                f"NIC α={self.alpha_inter:.3g}s "
                 f"β={self.beta_inter:.3g}s/B; γ={self.gamma:.3g}s/B; segments "
                 f"{self.segment_bytes or 'off'}")
 

@@ -7,8 +7,8 @@ fusecomm's algorithms cut theirs. Segment j of a message in round r starts when
 - the receiver has got as far (the transfer is a rendezvous: the receiver posted its receive);
 - the sender's port has sent segment j-1 and the receiver's port has taken it in.
 It occupies the ports for bytes·β (β of the link it crosses: the rank's own intra-node port, or
-the node's NIC shared by every flow leaving, or entering, the node in that round), arrives α
-later, and a reducing receiver then spends bytes·γ on it. So segments of consecutive rounds
+the node's NIC shared by every flow leaving, or entering, the node in that round, no faster than
+one flow alone goes), arrives α later, and a reducing receiver then spends bytes·γ on it. So segments of consecutive rounds
 pipeline (a ring forwards a segment while the next is still arriving), flows on one NIC slow
 each other, and uneven schedules (folded ranks, partial grids) wait where the real ones wait.
 
@@ -70,8 +70,13 @@ def simulate_rounds(rounds, cluster, keep_timeline=False):
             in_flows = np.bincount(node[dst[crossing]], minlength=cluster.nodes)
             share[crossing] = np.maximum(out_flows[node[src[crossing]]],
                                          in_flows[node[dst[crossing]]])
-        beta = np.where(crossing, cluster.beta_inter * share, cluster.beta_intra)
-        alpha = np.where(crossing, cluster.alpha_inter, cluster.alpha_intra)
+        # Across nodes: the NIC's rate shared by its flows, but never faster than one flow
+        # alone can go; one flow alone pays its own latency, several the loaded NIC's.
+        alpha_one, beta_one = cluster.single_flow
+        beta = np.where(crossing, np.maximum(cluster.beta_inter * share, beta_one),
+                        cluster.beta_intra)
+        alpha = np.where(crossing, np.where(share > 1, cluster.alpha_inter, alpha_one),
+                         cluster.alpha_intra)
         piece = nbytes / g
         occupy = piece * beta
         latency = alpha + (piece * cluster.gamma if rnd.reduce else 0.0)

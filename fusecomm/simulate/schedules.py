@@ -63,7 +63,8 @@ def ring(p, elems, elem):
 
 def rhd(p, elems, elem):
     """Rabenseifner: the first 2(p - p') ranks fold pairwise into the odd ones, recursive halving
-    then doubling over the p' = 2^⌊lg p⌋ remaining ranks, the folded ranks get the result back."""
+    then doubling over the p' = 2^⌊lg p⌋ remaining ranks; the folded ranks get the result
+    back."""
     if p < 2:
         return
     pp = 1 << (p.bit_length() - 1)
