@@ -265,3 +265,16 @@ def test_one_flow_slower_than_the_nic():
         Cluster(**base), n, "ring")["seconds"]
     assert simulate_allreduce(capped, n, "hierarchical_scatter")["seconds"] == pytest.approx(
         simulate_allreduce(Cluster(**base), n, "hierarchical_scatter")["seconds"])
+
+
+def test_uneven_nodes():
+    """10 GPUs on nodes of 4, 4, 2: hierarchical trees each node as it is (⌈lg 4⌉ rounds each
+    way), hierarchical_scatter falls back to the ring over all ranks, as fusecomm does."""
+    cluster = Cluster.for_ranks(10, 4)
+    assert cluster.node_sizes == [4, 4, 2] and not cluster.homogeneous
+    n = 4 << 20
+    assert simulate_allreduce(cluster, n, "hierarchical")["steps"] == 2 * 2 + 2 * (3 - 1)
+    hs = simulate_allreduce(cluster, n, "hierarchical_scatter")
+    ring = simulate_allreduce(cluster, n, "ring")
+    assert (hs["steps"], hs["seconds"]) == (ring["steps"], ring["seconds"]) == (18, ring["seconds"])
+    assert "hierarchical_scatter" not in (auto_choice(cluster, s) for s in (1 << 10, 1 << 26))

@@ -125,9 +125,6 @@ class Cluster:
     def homogeneous(self):
         return len(set(self.node_sizes)) == 1
 
-    def node_of(self, rank):
-        return rank // self.gpus_per_node
-
     def with_ranks(self, ranks):
         """The same links with another number of GPUs (for sweeps over scale)."""
         fields = dataclasses.asdict(self)

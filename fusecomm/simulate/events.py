@@ -119,7 +119,8 @@ def simulate_rounds(rounds, cluster, keep_timeline=False):
                        timeline=timeline)
 
 
-def simulate_schedule(algorithm, cluster, nbytes, elem_size=4, torus_x=None, keep_timeline=False):
+def simulate_schedule(algorithm, cluster, nbytes, elem_size=4, torus_x=None,
+                      keep_timeline=False):
     """Event-model result of one all-reduce of `nbytes` (elements of `elem_size` bytes)."""
     elems = int(nbytes) // elem_size
     rounds = rounds_for(algorithm, cluster, elems, elem_size, torus_x)

@@ -52,10 +52,6 @@ def _run(buckets, ready, nbytes, allreduce_seconds, not_before=None):
     return end, comm
 
 
-def layerwise_buckets(ready, nbytes, allreduce_seconds):
-    return [[i] for i in range(len(ready))]
-
-
 def threshold_buckets(ready, nbytes, allreduce_seconds, threshold=64 << 20, cycle_s=1e-3):
     """fusecomm's engine loop: each cycle, fuse what is ready in order, up to `threshold` bytes
     per buffer; a buffer's all-reduce holds the loop until it is done. Returns the buckets and
@@ -112,7 +108,7 @@ def evaluate_plans(gradients, allreduce_seconds, elem_size=4, plans=("layerwise"
     for plan in plans:
         launched = None
         if plan == "layerwise":
-            buckets = layerwise_buckets(ready, nbytes, allreduce_seconds)
+            buckets = [[i] for i in range(len(ready))]
         elif plan == "threshold":
             buckets, launched = threshold_buckets(ready, nbytes, allreduce_seconds, threshold,
                                                   cycle_s)
