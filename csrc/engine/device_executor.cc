@@ -3,15 +3,10 @@
 #include "engine/device_executor.h"
 
 #include <cuda_runtime.h>
-#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-
-#if __has_include(<mpi-ext.h>)
-#include <mpi-ext.h>  // Open MPI: MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
-#endif
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -61,7 +56,6 @@ class NcclPlane : public DataPlane {
       Topology split = SplitTopology(*global_, NodeOfEachRank(host_topology_),
                                      host_topology_.torus_x);
       split.global = global_.get();
-      split.cost_model = host_topology_.cost_model;
       topology_ = std::move(split);
     }
     return requested;
@@ -149,8 +143,8 @@ struct DeviceExecutor::Context {
   }
 };
 
-DeviceExecutor::DeviceExecutor(Topology& host_topology)
-    : host_topology_(host_topology), host_plane_(host_topology) {}
+DeviceExecutor::DeviceExecutor(Topology& host_topology, const AllreduceSelector& host_selector)
+    : host_topology_(host_topology), host_plane_(host_topology, host_selector) {}
 
 DeviceExecutor::~DeviceExecutor() = default;
 
@@ -344,16 +338,6 @@ CudaBuildInfo GetCudaBuildInfo() {
   info.driver_version =
       cudaDriverGetVersion(&driver) == cudaSuccess && driver > 0 ? version(driver) : "none";
   info.nccl_version = NcclVersionString();
-  info.cuda_aware_mpi = "unknown";
-#if defined(MPIX_CUDA_AWARE_SUPPORT)
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (initialized) {
-    info.cuda_aware_mpi = MPIX_Query_cuda_support() ? "yes" : "no";
-  } else {
-    info.cuda_aware_mpi = MPIX_CUDA_AWARE_SUPPORT ? "yes (compile time)" : "no";
-  }
-#endif
   return info;
 }
 
