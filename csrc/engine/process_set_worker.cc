@@ -28,7 +28,8 @@ ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> contr
                                 config.deadlock_seconds}),
       timeline_(timeline),
       executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
-                [this](const std::string& name) { ReleaseName(name); }, timeline) {
+                [this](const std::string& name) { ReleaseName(name); }, timeline,
+                config.fusion_plan, config.cycle_time_ms) {
   thread_ = std::thread([this] { Loop(); });
 }
 
