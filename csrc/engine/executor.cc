@@ -47,7 +47,7 @@ Executor::Executor(Topology& topology, size_t fusion_threshold,
       default_algorithm_(default_algorithm),
       release_name_(std::move(release_name)),
       scheduler_(
-          fusion_plan, fusion_threshold, cycle_time_ms,
+          fusion_plan, fusion_threshold, cycle_time_ms, topology.global->size(),
           [&topology](size_t bytes) {
             const CostModel& model = topology.cost_model;
             return model.Predict(ChooseByCost(model, topology, bytes), topology, bytes);

@@ -59,10 +59,12 @@ std::vector<std::vector<size_t>> PlanFusion(const std::vector<Response>& respons
 }
 
 FusionScheduler::FusionScheduler(FusionPlan kind, size_t threshold_bytes, double cycle_time_ms,
-                                 AllreduceSeconds allreduce_seconds, AllreduceMax agree)
+                                 int ranks, AllreduceSeconds allreduce_seconds,
+                                 AllreduceMax agree)
     : kind_(kind),
       threshold_bytes_(threshold_bytes),
       cycle_time_ms_(cycle_time_ms),
+      ranks_(ranks),
       allreduce_seconds_(std::move(allreduce_seconds)),
       agree_(std::move(agree)) {
   state_.kind = FusionPlanName(kind);
@@ -171,18 +173,17 @@ void FusionScheduler::CloseStep() {
     if (planned_) DropPlan();
     signature_ = std::move(signature);
     same_steps_ = 1;
-    offset_sums_.assign(signature_.size(), 0.0);
-    steps_summed_ = 0;
+    step_offsets_.clear();
     Publish();
     return;
   }
   // The first step of a composition is a warm-up (negotiation through the coordinator).
   if (++same_steps_ < 2) return;
-  for (size_t i = 0; i < offsets.size(); ++i) offset_sums_[i] += offsets[i];
-  ++steps_summed_;
-  if (!planned_ && steps_summed_ == kLearnSteps) {
+  step_offsets_.push_back(std::move(offsets));
+  const int measured = static_cast<int>(step_offsets_.size());
+  if (!planned_ && measured == kLearnSteps) {
     MakePlan(AgreedOffsets());
-  } else if (planned_ && steps_summed_ == kDriftCheckSteps) {
+  } else if (planned_ && measured == kDriftCheckSteps) {
     std::vector<double> offsets_now = AgreedOffsets();
     double moved = 0;
     for (size_t i = 0; i < offsets_now.size(); ++i) {
@@ -201,12 +202,18 @@ void FusionScheduler::CloseStep() {
 }
 
 std::vector<double> FusionScheduler::AgreedOffsets() {
-  std::vector<double> mean(offset_sums_.size());
-  for (size_t i = 0; i < mean.size(); ++i) mean[i] = offset_sums_[i] / steps_summed_;
-  agree_(mean);
-  std::fill(offset_sums_.begin(), offset_sums_.end(), 0.0);
-  steps_summed_ = 0;
-  return mean;
+  // The median step on this rank (a step stretched by a pause, a page fault or a busy core
+  // does not shape the plan), then the latest rank: the all-reduce waits for it.
+  std::vector<double> median(signature_.size());
+  std::vector<double> values(step_offsets_.size());
+  for (size_t i = 0; i < median.size(); ++i) {
+    for (size_t s = 0; s < values.size(); ++s) values[s] = step_offsets_[s][i];
+    std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+    median[i] = values[values.size() / 2];
+  }
+  agree_(median);
+  step_offsets_.clear();
+  return median;
 }
 
 void FusionScheduler::MakePlan(const std::vector<double>& offsets) {
@@ -228,13 +235,14 @@ void FusionScheduler::MakePlan(const std::vector<double>& offsets) {
       bucket_of_[signature_[order[k]].first] = buckets_.size();
       names.push_back(signature_[order[k]].first);
     }
-    // Hold the first member at most twice the planned wait for the last, in cycles (every
-    // cycle ends within the cycle time), plus a few for negotiation; never past 1 s of cycles.
+    // Hold the first member at most twice the planned wait for the last, counted in cycles:
+    // an idle cycle ends within the cycle time, and each submission on any rank may add one
+    // (the members' own, twice over), plus a few for negotiation. Never past 1 s of idle cycles.
     const double wait_ms = 1e3 * (timings[group.back()].ready_seconds -
                                   timings[group.front()].ready_seconds);
-    const double limit = 4 + std::ceil(2 * wait_ms / cycle_time_ms_);
+    const double busy = 4.0 + 2.0 * ranks_ * static_cast<double>(group.size());
     hold_limit_cycles_.push_back(static_cast<uint64_t>(
-        std::min(limit, std::max(4.0, std::ceil(1000 / cycle_time_ms_)))));
+        busy + std::ceil(std::min(2 * wait_ms, 1000.0) / cycle_time_ms_)));
     buckets_.push_back(std::move(names));
   }
   planned_offsets_ = offsets;

@@ -45,12 +45,14 @@ class FusionScheduler {
   using AllreduceMax = std::function<void(std::vector<double>&)>;
 
   // MG-WFBP: steps measured (after one warm-up step) before the first plan; steps between
-  // drift checks; mean change of the ready times, relative to the step's span, that re-plans.
+  // drift checks; mean change of the ready times, relative to the step's span, that re-plans
+  // (the median step of each rank, the latest rank's: AgreedOffsets).
   static constexpr int kLearnSteps = 3;
   static constexpr int kDriftCheckSteps = 20;
   static constexpr double kReplanDrift = 0.25;
 
-  FusionScheduler(FusionPlan kind, size_t threshold_bytes, double cycle_time_ms,
+  // `ranks`: the process set's size (each rank's submissions wake cycles).
+  FusionScheduler(FusionPlan kind, size_t threshold_bytes, double cycle_time_ms, int ranks,
                   AllreduceSeconds allreduce_seconds, AllreduceMax agree);
 
   struct Ready {
@@ -89,7 +91,7 @@ class FusionScheduler {
 
   void Observe(const Response& response, Clock::time_point submitted);
   void CloseStep();
-  // Mean of the summed steps' ready offsets, maximum over the ranks (collective).
+  // The measured steps' ready offsets, agreed over the ranks (collective).
   std::vector<double> AgreedOffsets();
   void MakePlan(const std::vector<double>& offsets);
   void DropPlan();
@@ -99,6 +101,7 @@ class FusionScheduler {
   const FusionPlan kind_;
   const size_t threshold_bytes_;
   const double cycle_time_ms_;
+  const int ranks_;
   const AllreduceSeconds allreduce_seconds_;
   const AllreduceMax agree_;
   uint64_t cycle_ = 0;
@@ -109,8 +112,9 @@ class FusionScheduler {
   uint64_t steps_seen_ = 0;
   Signature signature_;     // the composition being learned or planned for
   int same_steps_ = 0;      // consecutive steps with that composition
-  std::vector<double> offset_sums_;  // per signature entry, seconds after the step's first
-  int steps_summed_ = 0;
+  // Measured steps since the last plan or check: per signature entry, seconds after the
+  // step's first gradient.
+  std::vector<std::vector<double>> step_offsets_;
 
   // The plan: buckets of names, first ready first, each with the most cycles it is held.
   bool planned_ = false;

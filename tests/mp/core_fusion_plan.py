@@ -1,10 +1,10 @@
 """Fusion plans (FUSECOMM_FUSION_PLAN) on a simulated training step: 12 gradients submitted
 as backward makes them ready, with compute between them (a burst of four large ones submitted
-together, small ones 1 ms apart, and one 30 ms gap), all-reduced and checked against the NumPy
+together, small ones 1 ms apart, and one 60 ms gap), all-reduced and checked against the NumPy
 sum on every step. The wrapper runs it on the cost model's defaults (no calibration), so the
 plan does not depend on what a loaded machine measures. With mgwfbp the engine learns the step
 and plans buckets: the plan must be the same on every rank, cover every gradient once, merge
-the burst and never wait across the 30 ms gap.
+the burst and never wait across the 60 ms gap.
 In 'drift' the compute times change after a few steps, and the engine must re-plan. In
 'reversed', odd ranks submit the gradients after the burst in the opposite order (the plan
 must still agree and nothing may hang). Arguments: plan, mode (plain, drift, reversed), seed."""
@@ -22,11 +22,11 @@ BURST = 1 << 18
 # (elements, seconds of compute before the gradient is ready), in backward order.
 LAYERS = [(BURST, 0.0), (BURST, 0.0), (BURST, 0.0), (BURST, 0.0),  # a burst of 1 MiB each
           (300, 0.001), (1000, 0.001), (7, 0.001), (4099, 0.001),
-          (13, 0.03),  # the gap: its bucket cannot hold gradient 7
+          (13, 0.06),  # the gap: its bucket cannot hold gradient 7
           (2000, 0.0), (31, 0.0005), (65537, 0.0005)]
 GAP = 8
 STEPS = 30
-DRIFT_FROM, DRIFT_SLEEP = 6, 0.012  # 'drift': extra compute before gradients 4..7
+DRIFT_FROM, DRIFT_SLEEP = 6, 0.025  # 'drift': extra compute before gradients 4..7
 
 
 def plan_codes(state):
@@ -74,7 +74,7 @@ def main():
         assert state["plans_made"] >= 1, state
         assert (codes >= 0).all() and len(codes) == sum(len(b) for b in state["buckets"]), state
         # Buckets hold gradients in the (agreed) order they become ready.
-        assert codes[GAP - 1] != codes[GAP], f"the plan waits 30 ms for a gradient: {state}"
+        assert codes[GAP - 1] != codes[GAP], f"the plan waits 60 ms for a gradient: {state}"
         # Submitted together, the burst is ready at once: waiting costs nothing.
         assert len(set(codes[:4].tolist())) == 1, f"the burst is not merged: {state}"
         if mode == "drift":
