@@ -262,6 +262,7 @@ Request Executor::StandIn(const TensorSpec& spec) {
   r.spec = spec;
   r.handle = std::make_shared<HandleState>();
   r.stand_in = true;
+  r.submitted = std::chrono::steady_clock::now();  // a joined rank has no ready time of its own
   const bool by_rows = spec.op_type == OpType::kAllgather || spec.op_type == OpType::kAlltoall;
   if (by_rows) {
     r.spec.shape[0] = 0;  // sends no rows
@@ -288,7 +289,7 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
   for (const Response& response : responses) {
     auto it = pending.find(response.spec.name);
     if (it == pending.end() && joined) {
-      ready.push_back({response, StandIn(response.spec), FusionScheduler::Clock::now()});
+      ready.push_back({response, StandIn(response.spec)});
       Enter({&ready.back().request}, "QUEUE");
       continue;
     }
@@ -297,7 +298,7 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
       throw CollectiveError("internal error: no local request for tensor '" +
                             response.spec.name + "'");
     }
-    ready.push_back({response, std::move(it->second.request), it->second.submitted});
+    ready.push_back({response, std::move(it->second.request)});
     pending.erase(it);
     Enter({&ready.back().request}, "QUEUE");
   }

@@ -82,7 +82,7 @@ FusionScheduler::Batch FusionScheduler::Schedule(std::vector<Ready> ready) {
   if (kind_ == FusionPlan::kMgwfbp) {
     try {
       for (const Ready& r : ready) {
-        if (IsGradient(r.response)) Observe(r.response, r.submitted);
+        if (IsGradient(r.response)) Observe(r.response, r.request.submitted);
       }
     } catch (...) {
       // The ranks' agreement on timings failed: keep the requests where shutdown fails them.

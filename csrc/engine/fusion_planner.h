@@ -57,8 +57,7 @@ class FusionScheduler {
 
   struct Ready {
     Response response;
-    Request request;
-    Clock::time_point submitted;  // when this rank's engine took the request in
+    Request request;  // its `submitted` is the gradient's ready time on this rank
   };
   struct Batch {
     std::vector<Response> responses;

@@ -62,6 +62,7 @@ void ProcessSetWorker::Submit(Request request) {
                             "' is already in flight on this rank; wait for it or use another name");
     }
     if (!request.spec.argument_error.empty()) rejected_.insert(name);
+    request.submitted = std::chrono::steady_clock::now();
     (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
     if (group_depth_ > 0) return;
   }
