@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write every run and the summary to this JSON file")
     p.add_argument("--plot", help="write a PNG of throughput per model to this file")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per launch")
+    p.add_argument("--summarise", metavar="JSON",
+                   help="report (and plot) the runs of an earlier --json file again, run nothing")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # run index
     return p.parse_args(argv)
 
@@ -299,7 +301,9 @@ def launch(args, ranks, run):
 
 
 def summarise(rows):
-    """Median step time over runs per (model, compression, ranks, variant), with ratios."""
+    """Median and best step time over runs per (model, compression, ranks, variant), with each
+    fusecomm variant's ratios to Horovod and DDP (of medians, and of bests: on a shared machine
+    the best run is the one least disturbed by other work)."""
     cells = {}
     for r in rows:
         key = (r["model"], r["compression"], r["ranks"])
@@ -308,31 +312,37 @@ def summarise(rows):
     for (model, compression, ranks), by_variant in sorted(cells.items()):
         median = {v: statistics.median(x["step_time_s"] for x in rs)
                   for v, rs in by_variant.items()}
+        best = {v: min(x["step_time_s"] for x in rs) for v, rs in by_variant.items()}
         for variant, rs in by_variant.items():
             entry = dict(model=model, compression=compression, ranks=ranks, variant=variant,
                          runs=len(rs), unit=rs[0]["unit"], step_time_s=median[variant],
+                         best_step_time_s=best[variant],
                          throughput=rs[0]["units_per_rank"] * ranks / median[variant],
                          step_times_s=[x["step_time_s"] for x in rs])
             for peer in ("horovod", "ddp"):
                 if peer in median and variant.startswith("fusecomm:"):
                     entry[f"vs_{peer}"] = median[variant] / median[peer]
+                    entry[f"best_vs_{peer}"] = best[variant] / best[peer]
             summary.append(entry)
     return summary
 
 
 def report(args, rows, summary):
     header = (f"{'model':<11} {'comp':<4} {'ranks':>5}  {'variant':<18} {'step ms':>8} "
-              f"{'throughput/s':>14}  {'/horovod':>8} {'/ddp':>6}  runs (ms)")
+              f"{'throughput/s':>14}  {'/horovod':>8} {'/ddp':>6}  {'best ms':>7} "
+              f"{'/horovod':>8} {'/ddp':>6}  runs (ms)")
     print(header)
     print("-" * len(header))
     for e in summary:
-        ratios = "  ".join(f"{e[k]:>6.2f}" if k in e else f"{'':>6}" for k in ("vs_horovod",
-                                                                               "vs_ddp"))
+        def ratios(prefix):
+            return "  ".join(f"{e[prefix + k]:>6.2f}" if prefix + k in e else f"{'':>6}"
+                             for k in ("vs_horovod", "vs_ddp"))
         runs = " ".join(f"{t * 1e3:.1f}" for t in e["step_times_s"])
         print(f"{e['model']:<11} {e['compression']:<4} {e['ranks']:>5}  {e['variant']:<18} "
               f"{e['step_time_s'] * 1e3:>8.1f} {e['throughput']:>9.0f} {e['unit']:<5} "
-              f"{ratios}  {runs}")
+              f"  {ratios('')}  {e['best_step_time_s'] * 1e3:>7.1f}   {ratios('best_')}  {runs}")
     params = {r["model"]: r["params"] for r in rows}
+    print(f"runs per cell: {max(e['runs'] for e in summary)}")
     print("parameters: " + ", ".join(f"{m} {n / 1e6:.2f}M" for m, n in params.items()) +
           f"; batch {args.batch_size} per rank; {args.warmup} warm-up + {args.steps} timed steps;"
           f" {os.cpu_count()} CPU cores")
@@ -380,6 +390,13 @@ def main():
     args = parse_args()
     if args.worker is not None:
         return worker(args)
+    if args.summarise:
+        with open(args.summarise) as f:
+            earlier = json.load(f)
+        for key in ("ranks", "models", "compressions", "variants", "batch_size", "warmup",
+                    "steps"):
+            setattr(args, key, earlier["options"][key])
+        return report(args, earlier["runs"], summarise(earlier["runs"]))
     if args.variants is None:
         args.variants = [v for v in VARIANTS if v != "horovod" or horovod_available()]
     elif "horovod" in args.variants and not horovod_available():
