@@ -173,7 +173,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(args, ranks):
+def launch_environment():
+    """mpirun, and the environment its ranks need for MPI and for Gloo's rendezvous."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         sys.exit("mpirun is not on PATH (Open MPI is needed to launch the ranks)")
@@ -185,6 +186,11 @@ def launch(args, ranks):
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return mpirun, env
+
+
+def launch(args, ranks):
+    mpirun, env = launch_environment()
     forwarded = ["--steps", args.steps, "--warmup", args.warmup, "--batch-size", args.batch_size,
                  "--width", args.width, "--layers", args.layers, "--threads", args.threads]
     cmd = [mpirun, "--oversubscribe", "-np", str(ranks), "-x", "MASTER_ADDR", "-x", "MASTER_PORT",

@@ -10,6 +10,7 @@ from fusecomm.runner import rank_wrapper
 _SETTINGS = {
     "cycle_time_ms": "FUSECOMM_CYCLE_TIME_MS",
     "fusion_threshold": "FUSECOMM_FUSION_THRESHOLD",
+    "fusion_plan": "FUSECOMM_FUSION_PLAN",
     "cache_capacity": "FUSECOMM_CACHE_CAPACITY",
     "allreduce_algorithm": "FUSECOMM_ALLREDUCE_ALGORITHM",
     "local_size": "FUSECOMM_LOCAL_SIZE",

@@ -170,6 +170,18 @@ PYBIND11_MODULE(_core, m) {
     return Engine::Get().PredictSeconds(algorithm, bytes);
   });
   m.def("cost_model", [] { return Engine::Get().CostModelText(); });
+  m.def(
+      "fusion_plan",
+      [](int process_set_id) {
+        FusionPlanState state = Engine::Get().FusionPlanOf(process_set_id);
+        py::dict d;
+        d["kind"] = state.kind;
+        d["buckets"] = state.buckets;
+        d["plans_made"] = state.plans_made;
+        d["steps_seen"] = state.steps_seen;
+        return d;
+      },
+      py::arg("process_set_id") = 0);
   m.def("build_info", [] {
     BuildInfo info = GetBuildInfo();
     info.mpi_version = MpiLibraryVersion();

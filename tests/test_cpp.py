@@ -51,6 +51,13 @@ def test_cpu_reduce_kernels(tmp_path_factory):
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-4000:]
 
 
+def test_mgwfbp_plan(tmp_path_factory):
+    binary = build(tmp_path_factory, "test_mgwfbp_plan", [str(CSRC / "engine/mgwfbp_plan.cc")])
+    proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-4000:]
+
+
 # (ranks, virtual node size, torus width): odd and even counts, uneven nodes, partial grids.
 CONFIGS = [(2, 1, 2), (3, 2, 2), (5, 2, 3), (6, 4, 2), (7, 3, 2), (8, 4, 3)]
 

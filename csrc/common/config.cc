@@ -49,7 +49,24 @@ std::string GpuTransportSetting() {
   return value;
 }
 
+const char* FusionPlanName(FusionPlan plan) {
+  switch (plan) {
+    case FusionPlan::kThreshold: return "threshold";
+    case FusionPlan::kLayerwise: return "layerwise";
+    case FusionPlan::kMgwfbp: return "mgwfbp";
+  }
+  return "threshold";
+}
+
 namespace {
+FusionPlan ParseFusionPlan(const std::string& value) {
+  for (FusionPlan plan : {FusionPlan::kThreshold, FusionPlan::kLayerwise, FusionPlan::kMgwfbp}) {
+    if (value == FusionPlanName(plan)) return plan;
+  }
+  throw InvalidArgument("FUSECOMM_FUSION_PLAN must be threshold, layerwise or mgwfbp (got '" +
+                        value + "')");
+}
+
 bool IsDirectory(const std::string& path) {
   struct stat info;
   return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
@@ -107,6 +124,7 @@ Config Config::FromEnvironment() {
   GpuTransportSetting();  // only device collectives use it, but a typo should fail at init
   c.deadlock_seconds = CheckSeconds(
       "FUSECOMM_DEADLOCK_SECONDS", EnvDouble("FUSECOMM_DEADLOCK_SECONDS", c.deadlock_seconds), kDay);
+  c.fusion_plan = ParseFusionPlan(EnvString("FUSECOMM_FUSION_PLAN", "threshold"));
   return c;
 }
 

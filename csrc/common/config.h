@@ -10,6 +10,12 @@
 
 namespace fusecomm {
 
+// How the engine groups ready all-reduces (FUSECOMM_FUSION_PLAN): pack whatever is ready up to
+// the fusion threshold; one all-reduce per tensor; or merge consecutive gradients by MG-WFBP's
+// plan learned from the step's measured ready times (engine/fusion_planner.h).
+enum class FusionPlan { kThreshold, kLayerwise, kMgwfbp };
+const char* FusionPlanName(FusionPlan plan);
+
 struct Config {
   double cycle_time_ms = 1.0;                       // FUSECOMM_CYCLE_TIME_MS
   size_t fusion_threshold_bytes = 64ull << 20;      // FUSECOMM_FUSION_THRESHOLD
@@ -32,6 +38,7 @@ struct Config {
   bool autotune = true;                             // FUSECOMM_AUTOTUNE (0: the model alone)
   // Quiet time after which every rank blocked on collectives missing elsewhere is a deadlock.
   double deadlock_seconds = 5.0;                    // FUSECOMM_DEADLOCK_SECONDS (0: off)
+  FusionPlan fusion_plan = FusionPlan::kThreshold;  // FUSECOMM_FUSION_PLAN
 
   // Parses and checks every variable; throws InvalidArgument naming the first bad one.
   static Config FromEnvironment();

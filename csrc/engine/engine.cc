@@ -209,6 +209,11 @@ std::string Engine::CostModelText() {
   return (model.calibrated ? "calibrated\n" : "defaults\n") + model.ToText();
 }
 
+FusionPlanState Engine::FusionPlanOf(int process_set) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return WorkerFor(process_set).fusion_plan();
+}
+
 bool Engine::is_homogeneous() {
   std::lock_guard<std::mutex> lock(mutex_);
   return WorkerFor(0).topology().homogeneous;

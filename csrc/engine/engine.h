@@ -70,6 +70,8 @@ class Engine {
   // The cost model's predicted seconds for `algorithm` ("auto" = what auto would pick).
   double PredictSeconds(const std::string& algorithm, size_t bytes);
   std::string CostModelText();
+  // The fusion plan a process set's engine follows now (FUSECOMM_FUSION_PLAN).
+  FusionPlanState FusionPlanOf(int process_set);
 
   // Chrome-trace timeline of this rank's engine (rank 0's is the one Horovod users expect; any
   // rank may write one). Stop() finishes the file.

@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "collectives/allreduce.h"
+#include "collectives/cost_model.h"
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
@@ -39,12 +40,23 @@ std::vector<int64_t> WithFirstDim(const std::vector<int64_t>& shape, int64_t fir
 
 Executor::Executor(Topology& topology, const AllreduceSelector& selector,
                    size_t fusion_threshold, AllreduceAlgorithm default_algorithm,
-                   std::function<void(const std::string&)> release_name, Timeline* timeline)
+                   std::function<void(const std::string&)> release_name, Timeline* timeline,
+                   FusionPlan fusion_plan, double cycle_time_ms)
     : timeline_(timeline),
       host_plane_(topology, selector),
-      fusion_threshold_(fusion_threshold),
       default_algorithm_(default_algorithm),
-      release_name_(std::move(release_name)) {}
+      release_name_(std::move(release_name)),
+      scheduler_(
+          fusion_plan, fusion_threshold, cycle_time_ms, topology.global->size(),
+          [&topology, &selector](size_t bytes) {
+            return selector.PredictSeconds(topology, AllreduceAlgorithm::kAuto, bytes);
+          },
+          [this](std::vector<double>& values) {
+            if (host_plane_.comm().size() > 1 && !values.empty()) {
+              RunAllreduce(host_plane_.topology(), AllreduceAlgorithm::kRing, values.data(),
+                           values.size(), DataType::kFloat64, ReduceOp::kMax);
+            }
+          }) {}
 
 Executor::~Executor() = default;
 
@@ -250,6 +262,7 @@ Request Executor::StandIn(const TensorSpec& spec) {
   r.spec = spec;
   r.handle = std::make_shared<HandleState>();
   r.stand_in = true;
+  r.submitted = std::chrono::steady_clock::now();  // a joined rank has no ready time of its own
   const bool by_rows = spec.op_type == OpType::kAllgather || spec.op_type == OpType::kAlltoall;
   if (by_rows) {
     r.spec.shape[0] = 0;  // sends no rows
@@ -269,13 +282,15 @@ Request Executor::StandIn(const TensorSpec& spec) {
 void Executor::Execute(const std::vector<Response>& responses, PendingTable& pending,
                        bool joined) {
   // Take this rank's request for every response out of the pending table.
-  std::vector<Request> requests;
-  requests.reserve(responses.size());
-  stand_in_buffers_.clear();
+  std::vector<FusionScheduler::Ready> ready;
+  ready.reserve(responses.size());
+  // A held stand-in still points into its buffers.
+  if (!scheduler_.holding()) stand_in_buffers_.clear();
   for (const Response& response : responses) {
     auto it = pending.find(response.spec.name);
     if (it == pending.end() && joined) {
-      requests.push_back(StandIn(response.spec));
+      ready.push_back({response, StandIn(response.spec)});
+      Enter({&ready.back().request}, "QUEUE");
       continue;
     }
     if (it == pending.end()) {
@@ -283,12 +298,15 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
       throw CollectiveError("internal error: no local request for tensor '" +
                             response.spec.name + "'");
     }
-    requests.push_back(std::move(it->second.request));
+    ready.push_back({response, std::move(it->second.request)});
     pending.erase(it);
+    Enter({&ready.back().request}, "QUEUE");
   }
-  for (Request& r : requests) Enter({&r}, "QUEUE");
-  for (const auto& group : PlanFusion(responses, fusion_threshold_)) {
-    const Response& first = responses[group[0]];
+  FusionScheduler::Batch batch = scheduler_.Schedule(std::move(ready));
+  const std::vector<Response>& run = batch.responses;
+  std::vector<Request>& requests = batch.requests;
+  for (const auto& group : batch.groups) {
+    const Response& first = run[group[0]];
     if (!first.error.empty()) {
       Finish(requests[group[0]], first.error);
       continue;
@@ -347,6 +365,7 @@ void Executor::Run(DataPlane& plane, OpType type, const std::vector<Request*>& g
 }
 
 void Executor::FailAll(PendingTable& pending, const std::string& message) {
+  for (Request& held : scheduler_.TakeHeld()) Finish(held, message);
   for (auto& [name, entry] : pending) Finish(entry.request, message);
   pending.clear();
 }

@@ -12,6 +12,7 @@
 #include "transport/topology.h"
 #include "engine/controller.h"
 #include "engine/data_plane.h"
+#include "engine/fusion_planner.h"
 #include "engine/request.h"
 #include "timeline/timeline.h"
 
@@ -25,7 +26,8 @@ class Executor {
   // woken by the handle may reuse the name at once.
   Executor(Topology& topology, const AllreduceSelector& selector, size_t fusion_threshold,
            AllreduceAlgorithm default_algorithm,
-           std::function<void(const std::string&)> release_name, Timeline* timeline);
+           std::function<void(const std::string&)> release_name, Timeline* timeline,
+           FusionPlan fusion_plan = FusionPlan::kThreshold, double cycle_time_ms = 1.0);
   ~Executor();
 
   // `joined`: this rank has called join(), so responses it has no request for run with a
@@ -33,6 +35,7 @@ class Executor {
   void Execute(const std::vector<Response>& responses, PendingTable& pending, bool joined);
   // Fails every pending request with `message` (shutdown, fatal transport error).
   void FailAll(PendingTable& pending, const std::string& message);
+  FusionPlanState fusion_plan() const { return scheduler_.State(); }
 
  private:
   // Runs one planned group (one request unless fused) on `plane`.
@@ -54,9 +57,9 @@ class Executor {
   std::vector<std::shared_ptr<EngineBuffer>> stand_in_buffers_;
 
   HostPlane host_plane_;
-  size_t fusion_threshold_;
   AllreduceAlgorithm default_algorithm_;
   std::function<void(const std::string&)> release_name_;
+  FusionScheduler scheduler_;
   // Device tensors' planes (CUDA builds; created at the first device tensor).
   std::unique_ptr<DeviceExecutor> device_;
 };

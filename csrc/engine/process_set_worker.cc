@@ -30,7 +30,8 @@ ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> contr
                                 config.deadlock_seconds}),
       timeline_(timeline),
       executor_(topology_, selector_, config.fusion_threshold_bytes, config.allreduce_algorithm,
-                [this](const std::string& name) { ReleaseName(name); }, timeline) {
+                [this](const std::string& name) { ReleaseName(name); }, timeline,
+                config.fusion_plan, config.cycle_time_ms) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -63,6 +64,7 @@ void ProcessSetWorker::Submit(Request request) {
                             "' is already in flight on this rank; wait for it or use another name");
     }
     if (!request.spec.argument_error.empty()) rejected_.insert(name);
+    request.submitted = std::chrono::steady_clock::now();
     (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
     if (group_depth_ > 0) return;
   }

@@ -48,6 +48,7 @@ class ProcessSetWorker {
   // Asks every rank to stop; returns after this rank's thread has stopped.
   void Shutdown(bool at_exit = false);
   bool stopped() const { return stopped_; }
+  FusionPlanState fusion_plan() const { return executor_.fusion_plan(); }
 
  private:
   void Loop();

@@ -105,6 +105,9 @@ struct Request {
   std::shared_ptr<void> ready_event;
   // A joined rank's zero contribution (buffers made by the engine, not the caller).
   bool stand_in = false;
+  // When the caller submitted it: a gradient's ready time for MG-WFBP (the engine thread may
+  // take several submissions in at once when it wakes late).
+  std::chrono::steady_clock::time_point submitted;
 };
 
 // Agreed by all ranks of a process set: run `spec`, or fail everybody's request with `error`.

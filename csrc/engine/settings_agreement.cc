@@ -66,6 +66,8 @@ std::string Disagreements(const std::vector<std::vector<char>>& reports) {
 std::vector<std::pair<std::string, std::string>> SettingsThatMustAgree(const Config& c) {
   return {
       {"FUSECOMM_FUSION_THRESHOLD", std::to_string(c.fusion_threshold_bytes)},
+      // Ranks that group all-reduces differently run different collectives: a hang.
+      {"FUSECOMM_FUSION_PLAN", FusionPlanName(c.fusion_plan)},
       {"FUSECOMM_CACHE_CAPACITY", std::to_string(c.cache_capacity)},
       {"FUSECOMM_ALLREDUCE_ALGORITHM", AllreduceAlgorithmName(c.allreduce_algorithm)},
       {"FUSECOMM_LOCAL_SIZE", std::to_string(c.local_size)},

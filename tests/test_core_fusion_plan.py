@@ -1,0 +1,41 @@
+"""Fusion plans under mpirun (tests/mp/core_fusion_plan.py): threshold, layer-wise and MG-WFBP
+give correct results on a simulated training step; MG-WFBP's learned plan is the same on every
+rank, re-planned when the step's timings move, and agreed when ranks submit in different
+orders."""
+import pytest
+
+from conftest import run_ranks, test_seed
+
+# The cost model's defaults, not a calibration on a loaded machine: the plan the script checks
+# then follows from the step's timings alone.
+MODEL_DEFAULTS = {"FUSECOMM_CALIBRATE": "0"}
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+@pytest.mark.parametrize("plan", ["threshold", "layerwise", "mgwfbp"])
+def test_fusion_plans_correct_and_agreed(plan, ranks):
+    seed = test_seed()
+    out = run_ranks("core_fusion_plan.py", ranks, plan, "plain", seed, timeout=180,
+                    env=MODEL_DEFAULTS)
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mgwfbp_replans_when_timings_drift(ranks):
+    seed = test_seed()
+    out = run_ranks("core_fusion_plan.py", ranks, "mgwfbp", "drift", seed, timeout=180,
+                    env=MODEL_DEFAULTS)
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_mgwfbp_ranks_submitting_in_different_orders(ranks):
+    seed = test_seed()
+    out = run_ranks("core_fusion_plan.py", ranks, "mgwfbp", "reversed", seed, timeout=180,
+                    env=MODEL_DEFAULTS)
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+
+
+def test_unknown_fusion_plan_is_rejected():
+    out = run_ranks("core_fusion_plan.py", 1, "bogus", "plain", 1, timeout=60, expect_fail=True)
+    assert out[0] != 0 and "FUSECOMM_FUSION_PLAN must be threshold, layerwise or mgwfbp" in out[1], out
