@@ -92,7 +92,8 @@ def test_negotiation_over_fake_control_channel(tmp_path_factory):
     in-process ControlChannel. Built without MPI: negotiation needs none."""
     sources = [str(p) for p in sorted((CSRC / "common").glob("*.cc"))]
     sources += [str(CSRC / f"engine/{name}.cc") for name in
-                ("controller", "response_cache", "wire", "rank_text", "request", "fusion_planner")]
+                ("controller", "response_cache", "wire", "rank_text", "request", "fusion_planner",
+                 "mgwfbp_plan")]
     binary = build(tmp_path_factory, "test_negotiation", sources, mpi=False)
     proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300)
