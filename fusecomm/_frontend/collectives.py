@@ -67,10 +67,15 @@ class Collectives:
         request.input = adapter.ptr(tensor)
         if output is not None:
             request.output = adapter.ptr(output)
-        request.reduce_op = op
-        request.prescale = prescale
-        request.postscale = postscale
-        request.root = root
+        # Fields left at the Request's defaults are not set: each set costs a pybind11 call.
+        if op != Sum:
+            request.reduce_op = op
+        if prescale != 1.0:
+            request.prescale = prescale
+        if postscale != 1.0:
+            request.postscale = postscale
+        if root:
+            request.root = root
         if device >= 0:
             request.device = device
             request.stream = adapter.stream(tensor, device)
@@ -80,7 +85,8 @@ class Collectives:
             request.algorithm = algorithm
         if splits is not None:
             request.splits = splits
-        request.process_set = ps_id
+        if ps_id:
+            request.process_set = ps_id
         keep = (tensor, output) if keep_alive is None else keep_alive
         return Handle((_engine.submit(request, keep, finisher),))
 
