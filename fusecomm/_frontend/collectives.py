@@ -178,4 +178,4 @@ def barrier(process_set=None):
 
 def join(process_set=None):
     """This rank has no more work; returns the rank that joined last (see fusecomm.ops.join)."""
-    return _submit_no_data(JOIN, "join", process_set, lambda result: int(result[2][0])).wait()
+    return _submit_no_data(JOIN, "join", process_set, lambda result: result[3]).wait()
