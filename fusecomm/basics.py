@@ -4,6 +4,8 @@ import os
 import re
 
 from fusecomm import _core, _engine
+from fusecomm._frontend import naming
+from fusecomm._frontend.validate import check_int
 from fusecomm.runner import rank_wrapper
 
 # init() keyword -> environment variable read by the engine (csrc/common/config.cc).
@@ -101,7 +103,7 @@ def process_set_id(process_set):
 def root_in_set(root_rank, process_set):
     """Horovod names a broadcast's root by its global rank, also inside a process set; the
     engine wants its index in the set."""
-    root = _engine.check_int(root_rank, "root_rank")
+    root = check_int(root_rank, "root_rank")
     if process_set is None or process_set_id(process_set) == 0:
         return root
     ranks = _core.process_set_ranks(process_set_id(process_set))
@@ -132,7 +134,7 @@ def init(comm=None, process_sets=None, **settings):
             comm_address = MPI._addressof(comm)
         else:
             try:
-                ranks = [_engine.check_int(r, "rank") for r in comm]
+                ranks = [check_int(r, "rank") for r in comm]
             except TypeError:
                 raise TypeError("init(comm=...) takes an mpi4py communicator or a list of ranks") from None
     if _core.stopped():
@@ -164,6 +166,7 @@ def shutdown(_at_exit=False):
         ps.process_set_id = None
     _added_sets.clear()
     _engine.forget_all_handles()
+    naming.reset()
 
 
 def _report_failing_peer(init_error):

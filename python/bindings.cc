@@ -17,31 +17,49 @@ using namespace fusecomm;
 
 namespace {
 
-int64_t Enqueue(int op_type, const std::string& name, int dtype, std::vector<int64_t> shape,
-                uintptr_t input, uintptr_t output, int reduce_op, double prescale,
-                double postscale, int root, int device, const std::string& algorithm,
-                std::vector<int64_t> splits, int process_set, uintptr_t stream) {
-  if (op_type < 0 || op_type > static_cast<int>(OpType::kJoin)) {
-    throw InvalidArgument("unknown operation code " + std::to_string(op_type));
+// One collective as the Python frontend core builds it (fusecomm/_frontend/request.py):
+// plain fields, converted here to the engine's typed Request.
+struct EnqueueRequest {
+  int op_type = 0;
+  std::string name;
+  int dtype = 0;
+  std::vector<int64_t> shape;
+  uintptr_t input = 0;
+  uintptr_t output = 0;
+  int reduce_op = 0;
+  double prescale = 1.0;
+  double postscale = 1.0;
+  int root = 0;
+  int device = -1;
+  uintptr_t stream = 0;
+  std::string algorithm = "auto";
+  std::vector<int64_t> splits;
+  int process_set = 0;
+};
+
+int64_t Enqueue(const EnqueueRequest& in) {
+  // Range checks only: the casts to the engine's enums must not invent values.
+  if (in.op_type < 0 || in.op_type > static_cast<int>(OpType::kJoin)) {
+    throw InvalidArgument("unknown operation code " + std::to_string(in.op_type));
   }
-  CheckDataType(dtype);
-  CheckReduceOp(reduce_op);
+  CheckDataType(in.dtype);
+  CheckReduceOp(in.reduce_op);
   Request request;
-  request.spec.name = name;
-  request.spec.op_type = static_cast<OpType>(op_type);
-  request.spec.dtype = static_cast<DataType>(dtype);
-  request.spec.reduce_op = static_cast<ReduceOp>(reduce_op);
-  request.spec.shape = std::move(shape);
-  request.spec.root = root;
-  request.spec.prescale = prescale;
-  request.spec.postscale = postscale;
-  request.spec.device = device;
-  request.spec.algorithm = ParseAllreduceAlgorithm(algorithm);
-  request.input = reinterpret_cast<const void*>(input);
-  request.output = reinterpret_cast<void*>(output);
-  request.splits = std::move(splits);
-  request.stream = stream;
-  return Engine::Get().Submit(process_set, std::move(request));
+  request.spec.name = in.name;
+  request.spec.op_type = static_cast<OpType>(in.op_type);
+  request.spec.dtype = static_cast<DataType>(in.dtype);
+  request.spec.reduce_op = static_cast<ReduceOp>(in.reduce_op);
+  request.spec.shape = in.shape;
+  request.spec.root = in.root;
+  request.spec.prescale = in.prescale;
+  request.spec.postscale = in.postscale;
+  request.spec.device = in.device;
+  request.spec.algorithm = ParseAllreduceAlgorithm(in.algorithm);
+  request.input = reinterpret_cast<const void*>(in.input);
+  request.output = reinterpret_cast<void*>(in.output);
+  request.splits = in.splits;
+  request.stream = in.stream;
+  return Engine::Get().Submit(in.process_set, std::move(request));
 }
 
 // Engine-allocated device memory as Python sees it: the frontends wrap it (no copy) through
@@ -120,10 +138,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("process_set_ranks", [](int id) { return Engine::Get().ProcessSetRanks(id); });
   m.def("process_set_ids", [] { return Engine::Get().ProcessSetIds(); });
   m.def("process_set_rank", [](int id) { return Engine::Get().ProcessSetRank(id); });
-  m.def("enqueue", &Enqueue, py::arg("op_type"), py::arg("name"), py::arg("dtype"),
-        py::arg("shape"), py::arg("input"), py::arg("output"), py::arg("reduce_op"),
-        py::arg("prescale"), py::arg("postscale"), py::arg("root"), py::arg("device"),
-        py::arg("algorithm"), py::arg("splits"), py::arg("process_set"), py::arg("stream") = 0);
+  py::class_<EnqueueRequest>(m, "Request")
+      .def(py::init<>())
+      .def_readwrite("op_type", &EnqueueRequest::op_type)
+      .def_readwrite("name", &EnqueueRequest::name)
+      .def_readwrite("dtype", &EnqueueRequest::dtype)
+      .def_readwrite("shape", &EnqueueRequest::shape)
+      .def_readwrite("input", &EnqueueRequest::input)
+      .def_readwrite("output", &EnqueueRequest::output)
+      .def_readwrite("reduce_op", &EnqueueRequest::reduce_op)
+      .def_readwrite("prescale", &EnqueueRequest::prescale)
+      .def_readwrite("postscale", &EnqueueRequest::postscale)
+      .def_readwrite("root", &EnqueueRequest::root)
+      .def_readwrite("device", &EnqueueRequest::device)
+      .def_readwrite("stream", &EnqueueRequest::stream)
+      .def_readwrite("algorithm", &EnqueueRequest::algorithm)
+      .def_readwrite("splits", &EnqueueRequest::splits)
+      .def_readwrite("process_set", &EnqueueRequest::process_set);
+  m.def("enqueue", &Enqueue, py::arg("request"));
   m.def("begin_group", [](int process_set) { Engine::Get().BeginGroup(process_set); });
   m.def("end_group", [](int process_set) { Engine::Get().EndGroup(process_set); });
   m.def("poll", [](int64_t id) { return Engine::Get().GetHandle(id)->Done(); });

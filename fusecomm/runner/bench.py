@@ -103,7 +103,7 @@ def worker(argv):
     add_arguments(parser)
     args = parser.parse_args(argv)
     import fusecomm
-    from fusecomm._engine import dtype_code
+    from fusecomm._frontend.validate import dtype_code
 
     fusecomm.init()
     rank, n = fusecomm.rank(), fusecomm.size()

@@ -1,31 +1,20 @@
 """Gradient averaging shared by DistributedGradientTape and the Keras DistributedOptimizer."""
-import warnings
 import zlib
 
 import tensorflow as tf
 
-from fusecomm import _engine
 from fusecomm._engine import Average
+from fusecomm._frontend import optimizer_rules as rules
+from fusecomm._frontend.validate import resolve_op
 from fusecomm.basics import global_process_set, process_set_id
 from fusecomm.tensorflow.compression import Compression
 from fusecomm.tensorflow.mpi_ops import reduce_group
 
 
 def check_groups(groups, num_groups=0):
-    """Horovod's rules for `groups` (and the deprecated `num_groups`)."""
-    if num_groups:
-        warnings.warn("num_groups is deprecated; use groups", DeprecationWarning, stacklevel=3)
-        if groups is None:
-            groups = num_groups
-    if groups is None:
-        return None
-    if isinstance(groups, list):
-        if not all(isinstance(g, (list, tuple)) for g in groups):
-            raise ValueError("groups must be a positive integer or a list of lists of variables")
-        return groups
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-        raise ValueError("groups must be a positive integer or a list of lists of variables")
-    return groups
+    """Horovod's rules for `groups` (fusecomm/_frontend/optimizer_rules.py), for variables."""
+    return rules.check_groups(groups, num_groups, key=lambda v: id(_unwrap(v)),
+                              kind="variables")
 
 
 class GradientReducer:
@@ -37,19 +26,14 @@ class GradientReducer:
     def __init__(self, prefix, compression=Compression.none, sparse_as_dense=False, op=Average,
                  gradient_predivide_factor=1.0, groups=None, process_set=global_process_set,
                  device_dense="", device_sparse=""):
-        op = _engine.resolve_op(op)
-        predivide = _engine.check_scale(gradient_predivide_factor, "gradient_predivide_factor")
-        if predivide <= 0:
-            raise ValueError("gradient_predivide_factor must be positive")
-        if predivide != 1.0 and op != Average:
-            raise ValueError("gradient_predivide_factor is only defined for op=Average")
+        op = resolve_op(op)
+        predivide = rules.check_predivide(gradient_predivide_factor, op)
         process_set_id(process_set)
         self.prefix = prefix
         self.compression = compression
         self.sparse_as_dense = bool(sparse_as_dense)
         self.op = op
-        # Average = sum / n: split as (1/f before the sum) and (f/n after), as Horovod does.
-        self.prescale, self.postscale = 1.0 / predivide, predivide
+        self.prescale, self.postscale = rules.reduction_scales(op, predivide)
         self.groups = check_groups(groups)
         self.process_set = process_set
         self.device_dense, self.device_sparse = device_dense, device_sparse
@@ -57,17 +41,11 @@ class GradientReducer:
     def _order(self, grads, variables):
         """Submission order: members of each explicit group next to each other, so the engine's
         fusion packs a group together; the others after, in their own order."""
-        if not isinstance(self.groups, list) or variables is None:
+        if variables is None:
             return list(range(len(grads)))
         position = {id(_unwrap(v)): i for i, v in enumerate(variables)}
-        order, seen = [], set()
-        for group in self.groups:
-            for v in group:
-                i = position.get(id(_unwrap(v)))
-                if i is not None and i not in seen:
-                    order.append(i)
-                    seen.add(i)
-        return order + [i for i in range(len(grads)) if i not in seen]
+        return rules.submission_order(len(grads), self.groups,
+                                      lambda v: position.get(id(_unwrap(v))))
 
     def name(self, grads):
         # Stable over steps (so the engine's response cache hits) and across ranks: the layout

@@ -11,21 +11,15 @@ from contextlib import contextmanager
 
 import torch
 
-from fusecomm import _engine
 from fusecomm._engine import Adasum, Average
+from fusecomm._frontend import optimizer_rules as rules
+from fusecomm._frontend.validate import resolve_op
 from fusecomm.basics import global_process_set
 from fusecomm.torch import adasum_optimizer
 from fusecomm.torch.compression import Compression
 from fusecomm.torch.functions import broadcast_object
 from fusecomm.torch.mpi_ops import (allreduce_async_, grouped_allreduce_async_,
                                     sparse_allreduce_async, synchronize)
-
-
-def _split_list(items, n):
-    """n consecutive chunks whose lengths differ by at most one (the first ones longer)."""
-    base, extra = divmod(len(items), n)
-    bounds = [i * base + min(i, extra) for i in range(n + 1)]
-    return [items[bounds[i]:bounds[i + 1]] for i in range(n)]
 
 
 def _run_hook(optimizer_ref, p, *_):
@@ -79,9 +73,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                              "the optimizer are not named in it (shapes: "
                              + ", ".join(str(tuple(p.shape)) for p in unnamed) + ")")
         self._parameter_names = {p: name for name, p in named_parameters}
-        self.backward_passes_per_step = int(backward_passes_per_step)
-        if self.backward_passes_per_step < 1:
-            raise ValueError("backward_passes_per_step must be at least 1")
+        self.backward_passes_per_step = backward_passes_per_step
         self._allreduce_delay = {p: self.backward_passes_per_step for p in all_params}
         self.op = op
         self.gradient_predivide_factor = gradient_predivide_factor
@@ -138,7 +130,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             grouped = {id(p) for group in groups for p in group}
             groups = [g for g in groups if g] + [[p] for p in params if id(p) not in grouped]
         else:
-            groups = [g for g in _split_list(params, self._groups) if g]
+            groups = [g for g in rules.split_evenly(params, self._groups) if g]
         for group in map(tuple, groups):
             for p in group:
                 self._p_to_group[p] = group
@@ -172,12 +164,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     # -- submission -------------------------------------------------------------------------
 
-    def _scale_factors(self):
-        # Average splits into prescale 1/f and postscale f; the engine applies the 1/size.
-        if self.op == Average:
-            return 1.0 / self.gradient_predivide_factor, self.gradient_predivide_factor
-        return 1.0, 1.0
-
     def _grad_to_send(self, p):
         if p.grad is None:
             # Another rank may have a gradient for p (data-dependent forward): send zeros.
@@ -193,7 +179,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             return sparse_allreduce_async(grad, f"sparse_allreduce.{name}", self.op,
                                           self.process_set), None
         compressed, ctx = self._compression.compress(grad)
-        prescale, postscale = self._scale_factors()
+        prescale, postscale = rules.reduction_scales(self.op, self.gradient_predivide_factor)
         handle = allreduce_async_(compressed, name=name, op=self.op, prescale_factor=prescale,
                                   postscale_factor=postscale, process_set=self.process_set)
         return handle, (compressed, ctx)
@@ -204,7 +190,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             raise ValueError("groups cannot contain parameters with sparse gradients; pass "
                              "sparse_as_dense=True")
         compressed, ctxs = zip(*[self._compression.compress(g) for g in grads])
-        prescale, postscale = self._scale_factors()
+        prescale, postscale = rules.reduction_scales(self.op, self.gradient_predivide_factor)
         handle = grouped_allreduce_async_(list(compressed),
                                           name=self._parameter_names[group[0]], op=self.op,
                                           prescale_factor=prescale, postscale_factor=postscale,
@@ -213,8 +199,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _store(self, p, output, ctx):
         """Writes an allreduced (compressed) gradient back into p.grad."""
-        if callable(output):  # sparse: the handle computes the result
-            p.grad = output().coalesce()
+        if ctx is None:  # sparse: the gathered indices and values
+            p.grad = output.coalesce()
             return
         _, compression_ctx = ctx
         result = self._compression.decompress(output, compression_ctx)
@@ -253,8 +239,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 if isinstance(key, tuple):
                     for p, output, member_ctx in zip(key, synchronize(handle), ctx):
                         self._store(p, output, member_ctx)
-                elif callable(handle):
-                    self._store(key, handle, None)
                 else:
                     self._store(key, synchronize(handle), ctx)
         finally:
@@ -313,7 +297,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return super().zero_grad(set_to_none=set_to_none)
 
     def set_backward_passes_per_step(self, passes):
-        self.backward_passes_per_step = passes
+        self.backward_passes_per_step = rules.check_backward_passes(passes)
         self._reset_counters()
 
     def load_state_dict(self, *args, **kwargs):
@@ -383,7 +367,8 @@ def _wrap(optimizer, named_parameters, compression, backward_passes_per_step, op
           local_parameters=()):
     if isinstance(optimizer, _DistributedOptimizer):
         raise ValueError("this optimizer is already a DistributedOptimizer")
-    op = _engine.resolve_op(op)
+    op = resolve_op(op)
+    backward_passes_per_step = rules.check_backward_passes(backward_passes_per_step)
     if op == Adasum and process_set.size() > 1:
         # Horovod: Adasum combines each rank's own optimizer step, not the gradients.
         if process_set != global_process_set:
@@ -392,25 +377,10 @@ def _wrap(optimizer, named_parameters, compression, backward_passes_per_step, op
             raise NotImplementedError("Adasum does not support local_layers yet")
         return adasum_optimizer.wrap(optimizer, named_parameters, compression,
                                      backward_passes_per_step)
-    if gradient_predivide_factor != 1.0 and op != Average:
-        raise ValueError("gradient_predivide_factor not supported with op != Average")
-    if num_groups:
-        warnings.warn("num_groups is deprecated; use groups", DeprecationWarning)
-        if groups is None:
-            groups = num_groups
-    if groups is not None:
-        if isinstance(groups, list):
-            seen = set()
-            for group in groups:
-                for p in group:
-                    if not isinstance(p, torch.Tensor):
-                        raise ValueError("groups must consist of torch.Tensor")
-                    if id(p) in seen:
-                        raise ValueError("a parameter can only appear once in groups")
-                    seen.add(id(p))
-        elif isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-            raise ValueError("groups should be a positive integer or a list of lists of "
-                             "torch.Tensor")
+    gradient_predivide_factor = rules.check_predivide(gradient_predivide_factor, op)
+    groups = rules.check_groups(groups, num_groups,
+                                is_member=lambda p: isinstance(p, torch.Tensor),
+                                kind="torch.Tensor")
     cls = type(optimizer.__class__.__name__, (_DistributedOptimizer, optimizer.__class__), {})
     # Share the wrapped optimizer's whole state (parameter groups, defaults, per-parameter
     # state, hooks) instead of re-running its __init__, which may need arguments we lack.

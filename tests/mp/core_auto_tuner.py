@@ -10,7 +10,7 @@ import numpy as np
 import fusecomm as hvd
 from _util import rank_data, run_main
 from core_collectives import check_equal
-from fusecomm._engine import dtype_code
+from fusecomm._frontend.validate import dtype_code
 
 SHORTLIST_FACTOR, SHORTLIST_SECONDS = 2.0, 100e-6  # csrc/collectives/auto_tuner.h
 

@@ -18,7 +18,7 @@ from _util import run_main  # noqa: E402
 import fusecomm  # noqa: E402
 import fusecomm.tensorflow as hvd  # noqa: E402
 import fusecomm.tensorflow.keras as hvd_keras  # noqa: E402
-from fusecomm.tensorflow import mpi_ops  # noqa: E402
+from fusecomm.tensorflow import _batch, mpi_ops  # noqa: E402
 
 GLOBAL_BATCH = 12  # divisible by 2, 3 and 4
 STEPS = 4
@@ -31,7 +31,7 @@ class BatchLog:
     def __init__(self):
         self.events, self.batches = [], []
         self._submit, self._sync, self._run = (fusecomm._engine.submit,
-                                               fusecomm._engine.synchronize, mpi_ops._run_numpy)
+                                               fusecomm._engine.synchronize, _batch.run_numpy)
 
     def __enter__(self):
         def submit(*a, **k):
@@ -47,11 +47,11 @@ class BatchLog:
             return self._run(items, names, arrays)
 
         fusecomm._engine.submit, fusecomm._engine.synchronize = submit, sync
-        mpi_ops._run_numpy = run
+        _batch.run_numpy = run
         return self
 
     def __exit__(self, *exc):
-        fusecomm._engine.submit, fusecomm._engine.synchronize, mpi_ops._run_numpy = (
+        fusecomm._engine.submit, fusecomm._engine.synchronize, _batch.run_numpy = (
             self._submit, self._sync, self._run)
 
 
