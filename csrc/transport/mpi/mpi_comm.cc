@@ -240,7 +240,7 @@ void MpiComm::NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp 
   const size_t elem = DataTypeSize(dtype);
   // A large buffer goes as several non-blocking all-reduces of kSegmentBytes in flight together:
   // one non-blocking all-reduce of 64 MiB took 2-3x MPI_Allreduce's time on two shared-memory
-  // ranks, four segments of 1 MiB in flight 0.5-1x.
+  // ranks, four segments of 1 MiB in flight 0.5-1.1x.
   constexpr size_t kSegmentBytes = size_t{1} << 20, kSegmentsInFlight = 4;
   const bool segmented = count * elem > kSegmentsInFlight * kSegmentBytes;
   const size_t max_count = (segmented ? kSegmentBytes : kMaxMessageBytes) / elem;
