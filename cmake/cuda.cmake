@@ -58,25 +58,32 @@ endif()
 if(FUSECOMM_CUDA_ENABLED)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-  file(GLOB FUSECOMM_CUDA_SOURCES CONFIGURE_DEPENDS
-    ${CMAKE_CURRENT_SOURCE_DIR}/csrc/reduce/*.cu
-    ${CMAKE_CURRENT_SOURCE_DIR}/csrc/engine/*.cu
+  # Each device source joins its layer's library.
+  file(GLOB cuda_reduce CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/reduce/*.cu)
+  file(GLOB cuda_transport CONFIGURE_DEPENDS
     ${CMAKE_CURRENT_SOURCE_DIR}/csrc/transport/cuda_*.cc
     ${CMAKE_CURRENT_SOURCE_DIR}/csrc/transport/nccl/*.cc)
-  target_sources(fusecomm_core PRIVATE ${FUSECOMM_CUDA_SOURCES})
-  # Explicit -gencode flags instead of CMake's architecture list:
-  # sm_80 (A100) and sm_90 (H100/H200) machine code, plus compute_90 PTX for newer GPUs.
-  target_compile_options(fusecomm_core PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_80,code=sm_80
-                               -gencode=arch=compute_90,code=[sm_90,compute_90]>)
-  set_target_properties(fusecomm_core PROPERTIES CUDA_ARCHITECTURES OFF)
-  target_compile_definitions(fusecomm_core PUBLIC FUSECOMM_WITH_CUDA=1)
-  target_compile_definitions(fusecomm_core PRIVATE
+  file(GLOB cuda_engine CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/engine/*.cu)
+  foreach(layer reduce transport engine)
+    if(NOT cuda_${layer})
+      continue()
+    endif()
+    target_sources(fusecomm_${layer} PRIVATE ${cuda_${layer}})
+    # Explicit -gencode flags instead of CMake's architecture list:
+    # sm_80 (A100) and sm_90 (H100/H200) machine code, plus compute_90 PTX for newer GPUs.
+    target_compile_options(fusecomm_${layer} PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_80,code=sm_80
+                                 -gencode=arch=compute_90,code=[sm_90,compute_90]>)
+    set_target_properties(fusecomm_${layer} PROPERTIES CUDA_ARCHITECTURES OFF)
+  endforeach()
+  # Every layer compiles its CUDA branches: defined on the lowest, inherited by all above.
+  target_compile_definitions(fusecomm_common PUBLIC FUSECOMM_WITH_CUDA=1)
+  target_compile_definitions(fusecomm_transport PRIVATE
     FUSECOMM_NCCL_BUILD_LIBDIR="${FUSECOMM_NCCL_HOME}/lib")
-  target_include_directories(fusecomm_core PUBLIC ${FUSECOMM_NCCL_HOME}/include)
+  target_include_directories(fusecomm_transport PUBLIC ${FUSECOMM_NCCL_HOME}/include)
   # Static runtime: the installed module needs no libcudart on the library path, and nothing
   # CUDA runs until a device tensor arrives. NCCL is dlopen-ed (libdl), never linked.
-  target_link_libraries(fusecomm_core PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
+  target_link_libraries(fusecomm_reduce PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
   message(STATUS "fusecomm: CUDA path enabled (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
                  "nccl.h from ${FUSECOMM_NCCL_HOME})")
 else()

@@ -86,7 +86,7 @@ def _engine_output(dtype, device=-1):
     """Finisher for outputs the engine allocates (allgather, reducescatter, alltoall)."""
 
     def finish(result):
-        data, shape, splits = result
+        data, shape, splits, _ = result
         if isinstance(data, _engine.DeviceBuffer) or device >= 0:
             cupy = _cupy()
             with cupy.cuda.Device(device):
@@ -302,7 +302,7 @@ def join(process_set=global_process_set):
     zeros to all-reduces (which still divide by the full size for Average, as in Horovod), no
     rows to allgather and alltoall. Returns the rank that joined last."""
     empty = np.empty(0, np.uint8)
-    return synchronize(_submit(JOIN, empty, None, "join", lambda r: int(r[2][0]),
+    return synchronize(_submit(JOIN, empty, None, "join", lambda r: r[3],
                                process_set=process_set))
 
 

@@ -64,7 +64,8 @@ py::tuple TakeResult(int64_t id) {
     array = py::array_t<uint8_t>({static_cast<py::ssize_t>(handle->output->bytes)},
                                  static_cast<uint8_t*>(handle->output->data.get()), owner);
   }
-  return py::make_tuple(array, handle->output_shape, handle->received_splits);
+  return py::make_tuple(array, handle->output_shape, handle->received_splits,
+                        handle->last_joined_rank);
 }
 
 }  // namespace
@@ -93,7 +94,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("device", [](const DeviceBuffer& b) { return b.buffer->device; });
 
   m.def("init", [](uintptr_t comm_address, const std::vector<int>& ranks) {
-    Engine::Get().Init(reinterpret_cast<const void*>(comm_address), ranks);
+    // comm_address: the address of an MPI_Comm to run on (mpi4py's), 0 for MPI_COMM_WORLD.
+    MpiBootstrap bootstrap(
+        comm_address ? *reinterpret_cast<const MPI_Comm*>(comm_address) : MPI_COMM_WORLD, ranks);
+    Engine::Get().Init(bootstrap);
   }, py::arg("comm_address") = 0, py::arg("ranks") = std::vector<int>{},
      py::call_guard<py::gil_scoped_release>());
   m.def("shutdown", [](bool at_exit) { Engine::Get().Shutdown(at_exit); },
@@ -168,6 +172,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cost_model", [] { return Engine::Get().CostModelText(); });
   m.def("build_info", [] {
     BuildInfo info = GetBuildInfo();
+    info.mpi_version = MpiLibraryVersion();
+    if (info.cuda) info.cuda_aware_mpi = MpiCudaAwareness();
     py::dict d;
     d["mpi_version"] = info.mpi_version;
     d["cuda"] = info.cuda;

@@ -1,6 +1,9 @@
-"""The C++ tests of tests/cpp: reduction kernels, and every all-reduce algorithm under mpirun
-against a scalar reference with its measured steps and bytes checked against its cost formula.
-Built here with the MPI compiler wrapper, straight from csrc/ (no Python involved)."""
+"""The C++ tests of tests/cpp: reduction kernels, every all-reduce algorithm under mpirun
+against a scalar reference with its measured steps and bytes checked against its cost formula,
+the engine's negotiation (controller, response cache, fusion planner) over an in-process control
+channel, and the layering of csrc/ (cmake/layers.cmake). Built here with the MPI compiler
+wrapper, or a plain C++ compiler where MPI must not be needed, straight from csrc/ (no Python
+involved)."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,17 +14,22 @@ from conftest import mpi_env, mpirun_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+# Every layer below the engine: they build and link without it (cmake/layers.cmake).
 CORE_SOURCES = sorted(str(p) for d in ["common", "collectives", "reduce", "transport",
-                                       "transport/mpi"] for p in (CSRC / d).glob("*.cc")
-                      if p.name not in ("mpi_context.cc", "mpi_control.cc"))
+                                       "transport/mpi"] for p in (CSRC / d).glob("*.cc"))
 
 
-def build(tmp_path_factory, test_name, sources):
-    mpicxx = shutil.which("mpicxx") or shutil.which("mpic++")
-    if mpicxx is None:
-        pytest.fail("mpicxx is not on PATH: run scripts/setup.sh")
+def build(tmp_path_factory, test_name, sources, mpi=True):
+    if mpi:
+        compiler = shutil.which("mpicxx") or shutil.which("mpic++")
+        if compiler is None:
+            pytest.fail("mpicxx is not on PATH: run scripts/setup.sh")
+    else:
+        compiler = shutil.which("c++") or shutil.which("g++")
+        if compiler is None:
+            pytest.fail("no C++ compiler (c++ or g++) on PATH")
     out = tmp_path_factory.mktemp("cpp") / test_name
-    cmd = [mpicxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
+    cmd = [compiler, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
            "-DOMPI_SKIP_MPICXX=1", f"-I{CSRC}", *sources, str(ROOT / "tests/cpp" / f"{test_name}.cc"),
            "-o", str(out)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,3 +78,57 @@ def test_nccl_p2p_grouping_never_deadlocks(tmp_path_factory):
     proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300)
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-4000:]
+
+
+def test_negotiation_over_fake_control_channel(tmp_path_factory):
+    """Controller, response cache and fusion planner with 1-4 simulated ranks in threads over an
+    in-process ControlChannel. Built without MPI: negotiation needs none."""
+    sources = [str(p) for p in sorted((CSRC / "common").glob("*.cc"))]
+    sources += [str(CSRC / f"engine/{name}.cc") for name in
+                ("controller", "response_cache", "wire", "rank_text", "request", "fusion_planner")]
+    binary = build(tmp_path_factory, "test_negotiation", sources, mpi=False)
+    proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-4000:]
+
+
+def cmake_executable():
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        try:
+            import cmake as cmake_package  # the PyPI cmake package, a build requirement
+        except ImportError:
+            pytest.fail("cmake is not installed (pip install cmake)")
+        cmake = str(Path(cmake_package.CMAKE_BIN_DIR) / "cmake")
+    return cmake
+
+
+def check_layers(csrc):
+    return subprocess.run([cmake_executable(), f"-DFUSECOMM_CSRC={csrc}", "-P",
+                           str(ROOT / "cmake/layers.cmake")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+
+def test_layering_holds():
+    """No layer of csrc/ includes a higher one, and only the MPI transport includes <mpi.h>
+    (the same check every CMake configure runs)."""
+    proc = check_layers(CSRC)
+    assert proc.returncode == 0 and "layering: ok" in proc.stdout, proc.stdout[-4000:]
+
+
+@pytest.mark.parametrize("file, line, complaint", [
+    ("transport/comm.h", '#include "engine/engine.h"', "includes engine/engine.h (layer engine)"),
+    ("engine/wire.cc", "#include <mpi.h>", "includes <mpi.h>"),
+    ("collectives/ring_allreduce.cc", '#include "transport/mpi/mpi_comm.h"',
+     "includes transport/mpi/mpi_comm.h (layer transport_mpi)"),
+    ("transport/mpi/mpi_comm.cc", '#include "collectives/dispatch.h"',
+     "includes collectives/dispatch.h (layer collectives)"),
+])
+def test_layering_check_catches_violations(tmp_path, file, line, complaint):
+    """The check fails, naming the file and the include, for each kind of violation."""
+    csrc = tmp_path / "csrc"
+    shutil.copytree(CSRC, csrc)
+    with open(csrc / file, "a") as f:
+        f.write("\n" + line + "\n")
+    proc = check_layers(csrc)
+    assert proc.returncode != 0 and file in proc.stdout and complaint in proc.stdout, proc.stdout

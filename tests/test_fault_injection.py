@@ -178,3 +178,33 @@ def test_launcher_reads_markers_glued_onto_one_line():
     assert count == 2
     failures.add(f"{marker}rank 3 exited with code 1 (failed at 100.002000)\n")
     assert rank_wrapper.without_time(failures.first()) == "rank 2 exited with code 1"
+
+
+def test_launcher_ends_an_mpirun_that_outlives_its_ranks(tmp_path, monkeypatch, capfd):
+    # Open MPI 4.1 under --enable-recovery can wait forever after a remote rank died, with every
+    # rank gone. A stand-in mpirun reports both ranks ended (one failed) and then never exits:
+    # the launcher must end it soon, not after the failure grace, and report the failure.
+    from fusecomm.runner import cli, launch, rank_wrapper
+
+    fake = tmp_path / "mpirun"
+    fake.write_text(
+        "#!/bin/bash\n"
+        "if [ \"$1\" = --version ]; then echo 'mpirun (Open MPI) 4.1.4'; exit 0; fi\n"
+        f"echo 'rank 0 output'\n"
+        f"echo '{rank_wrapper.MARKER}rank 1 exited with code 3 (failed at 100.000000)' >&2\n"
+        f"echo '{rank_wrapper.END_MARKER}rank 1' >&2\n"
+        f"echo '{rank_wrapper.END_MARKER}rank 0' >&2\n"
+        "exec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch, "find_mpirun", lambda: str(fake))
+    started = time.monotonic()
+    code = cli.main(["run", "-np", "2", "--liveness-timeout-seconds", "100", "--", "true"])
+    elapsed = time.monotonic() - started
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert code == 3, text
+    # The failure grace here is 2 * 100 + 30 s; the linger limit is 10 s.
+    assert elapsed < 60, f"took {elapsed:.0f} s\n{text}"
+    assert "every rank has ended, mpirun has not after 10 s; ending it" in text, text
+    assert "the first rank to fail: rank 1 exited with code 3" in text, text
+    assert "rank 0 output" in text and rank_wrapper.END_MARKER not in text, text

@@ -106,6 +106,11 @@ def test_batch_size_plan():
         optim.BatchSizePlan([(1, 64)], ranks=1, base_lr=0.1, base_batch=64)
     with pytest.raises(ValueError, match="do not fill"):
         plan.steps_in_epoch(6, 1000)
+    # Rank 2's share of step 1 at epoch 4 (global batch 256, 64 per rank): entries 384..447.
+    order = list(range(1000, 2100))
+    assert plan.rank_share(4, 1, 2, order) == order[256 + 128:256 + 192]
+    with pytest.raises(ValueError, match="rank 4"):
+        plan.rank_share(0, 0, 4, order)
 
 
 # ---- torch optimizers against the papers' formulas -----------------------------------------------

@@ -135,3 +135,22 @@ def test_keras_config_round_trip_and_saved_model(tmp_path):
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(loaded.weights, model.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_keras_batch_size_control_refuses_accumulation_and_bare_data():
+    from fusecomm.tensorflow.keras.callbacks import BatchSizeControlCallback
+
+    accumulating = optim.BatchSizePlan([(0, 8), (2, 64)], ranks=1, base_lr=0.1, base_batch=8,
+                                       max_rank_batch=16)
+    with pytest.raises(ValueError, match="epoch 2 accumulates 4 micro-batches"):
+        BatchSizeControlCallback(accumulating)
+    control = BatchSizeControlCallback(optim.BatchSizePlan([(0, 4)], ranks=1, base_lr=0.1,
+                                                           base_batch=4))
+    with pytest.raises(ValueError, match="different lengths"):
+        control.dataset(np.zeros((5, 2)), np.zeros(4))
+    # Without shuffle the epochs take the dataset in order.
+    control = BatchSizeControlCallback(optim.BatchSizePlan([(0, 4)], ranks=1, base_lr=0.1,
+                                                           base_batch=4), shuffle=False)
+    control.dataset(np.arange(10.0)[:, None])
+    assert list(control.epoch_order(3)) == list(range(10))
+

@@ -48,3 +48,10 @@ def test_large_batch_example_runs_every_configuration(tmp_path):
     assert [h["batch"] for h in control["history"]] == [16, 64, 64, 64], control["history"]
     for r in runs:
         assert r["final_test_accuracy"] > 0.5, (r["config"], r["final_test_accuracy"])
+
+
+@pytest.mark.parametrize("np_", [2, 3])
+def test_keras_batch_size_control_multirank(ranks_runner, np_):
+    pytest.importorskip("tensorflow")
+    out = ranks_runner("keras_batch_control.py", np_, env=SLOW_EXIT)
+    assert out.count(f"keras_batch_control OK on {np_} ranks") == np_, out[-4000:]

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "common/types.h"
 #include "transport/comm.h"
 

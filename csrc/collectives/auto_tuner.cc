@@ -9,7 +9,7 @@
 
 #include "collectives/cost_model.h"
 #include "collectives/dispatch.h"
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "common/logging.h"
 
 namespace fusecomm {
@@ -36,12 +36,13 @@ double Median(std::vector<double> v) {
 
 }  // namespace
 
-AllreduceAlgorithm AutoTuner::Choose(const Topology& topo, size_t bytes, DataType dtype) {
+AllreduceAlgorithm AutoTuner::Choose(const Topology& topo, const CostModel& model, size_t bytes,
+                                     DataType dtype) {
   if (topo.global->size() == 1 || bytes < DataTypeSize(dtype)) {
-    return ChooseByCost(topo.cost_model, topo, bytes);
+    return ChooseByCost(model, topo, bytes);
   }
   if (auto known = Lookup(bytes, dtype)) return *known;
-  TunedClass measured = Measure(topo, bytes, dtype);
+  TunedClass measured = Measure(topo, model, bytes, dtype);
   std::lock_guard<std::mutex> lock(mutex_);
   classes_[{dtype, SizeClass(bytes)}] = measured;
   return measured.chosen;
@@ -62,9 +63,9 @@ std::vector<TunedClass> AutoTuner::Classes() const {
   return out;
 }
 
-TunedClass AutoTuner::Measure(const Topology& topo, size_t bytes, DataType dtype) const {
+TunedClass AutoTuner::Measure(const Topology& topo, const CostModel& model, size_t bytes,
+                              DataType dtype) const {
   Comm& comm = *topo.global;
-  const CostModel& model = topo.cost_model;
   const std::vector<AllreduceAlgorithm> candidates = AutoCandidates(topo);
   std::vector<double> predicted;
   for (AllreduceAlgorithm a : candidates) predicted.push_back(model.Predict(a, topo, bytes));

@@ -18,6 +18,7 @@
 
 namespace fusecomm {
 
+struct CostModel;
 struct Topology;
 
 // One measured size class: every candidate's time and the winner.
@@ -31,8 +32,10 @@ struct TunedClass {
 class AutoTuner {
  public:
   // Collective over topo.global: every rank calls it for the same (bytes, dtype) in the same
-  // order, as the executor does for every fused buffer. Measures the class if it is new.
-  AllreduceAlgorithm Choose(const Topology& topo, size_t bytes, DataType dtype);
+  // order, as the executor does for every fused buffer. Measures the class if it is new;
+  // `model` shortlists the candidates (and alone decides for one rank or an empty buffer).
+  AllreduceAlgorithm Choose(const Topology& topo, const CostModel& model, size_t bytes,
+                            DataType dtype);
   // Not collective (any thread): the measured choice if the class has been measured.
   std::optional<AllreduceAlgorithm> Lookup(size_t bytes, DataType dtype) const;
   std::vector<TunedClass> Classes() const;
@@ -43,7 +46,8 @@ class AutoTuner {
   static constexpr double kShortlistSeconds = 100e-6;
 
  private:
-  TunedClass Measure(const Topology& topo, size_t bytes, DataType dtype) const;
+  TunedClass Measure(const Topology& topo, const CostModel& model, size_t bytes,
+                     DataType dtype) const;
 
   mutable std::mutex mutex_;
   std::map<std::pair<DataType, int>, TunedClass> classes_;  // (dtype, floor(log2 bytes))

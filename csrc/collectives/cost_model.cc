@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "collectives/allreduce.h"
-#include "collectives/topology.h"
+#include "transport/topology.h"
 
 namespace fusecomm {
 

@@ -1,28 +1,36 @@
 #include "collectives/dispatch.h"
 
 #include "collectives/allreduce.h"
-#include "collectives/cost_model.h"
 #include "common/errors.h"
 
 namespace fusecomm {
 
-AllreduceAlgorithm ChooseAllreduceAlgorithm(const Topology& topo, size_t bytes, DataType dtype) {
-  if (topo.tuner) {
-    if (auto measured = topo.tuner->Lookup(bytes, dtype)) return *measured;
-  }
-  return ChooseByCost(topo.cost_model, topo, bytes);
+std::vector<TunedClass> AllreduceSelector::TunedClasses() const {
+  return tuner_ ? tuner_->Classes() : std::vector<TunedClass>{};
 }
 
-AllreduceAlgorithm ResolveAutoAllreduce(const Topology& topo, size_t bytes, DataType dtype) {
-  return topo.tuner ? topo.tuner->Choose(topo, bytes, dtype)
-                    : ChooseByCost(topo.cost_model, topo, bytes);
+AllreduceAlgorithm AllreduceSelector::Choose(const Topology& topo, AllreduceAlgorithm requested,
+                                             size_t bytes, DataType dtype) const {
+  if (requested != AllreduceAlgorithm::kAuto) return requested;
+  return tuner_ ? tuner_->Choose(topo, model_, bytes, dtype) : ChooseByCost(model_, topo, bytes);
+}
+
+AllreduceAlgorithm AllreduceSelector::Preview(const Topology& topo, size_t bytes,
+                                              DataType dtype) const {
+  if (tuner_) {
+    if (auto measured = tuner_->Lookup(bytes, dtype)) return *measured;
+  }
+  return ChooseByCost(model_, topo, bytes);
+}
+
+double AllreduceSelector::PredictSeconds(const Topology& topo, AllreduceAlgorithm algorithm,
+                                         size_t bytes) const {
+  if (algorithm == AllreduceAlgorithm::kAuto) algorithm = Preview(topo, bytes, DataType::kFloat32);
+  return model_.Predict(algorithm, topo, bytes);
 }
 
 AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorithm, void* buf,
                                 size_t count, DataType dtype, ReduceOp op) {
-  if (algorithm == AllreduceAlgorithm::kAuto) {
-    algorithm = ResolveAutoAllreduce(topo, count * DataTypeSize(dtype), dtype);
-  }
   Comm& comm = *topo.global;
   if (algorithm == AllreduceAlgorithm::kNative && !comm.NativeReductionSupports(dtype, op)) {
     algorithm = AllreduceAlgorithm::kRing;
@@ -44,10 +52,12 @@ AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorit
       Torus2DAllreduce(topo, buf, count, dtype, op);
       break;
     case AllreduceAlgorithm::kNative:
-    case AllreduceAlgorithm::kAuto:
       comm.NativeAllreduce(buf, count, dtype, op);
-      algorithm = AllreduceAlgorithm::kNative;
       break;
+    case AllreduceAlgorithm::kAuto:
+      // Every rank must run the same algorithm, so `auto` is resolved once, by the selector,
+      // before the collective starts; reaching here is a bug in the caller.
+      throw CollectiveError("RunAllreduce was given 'auto': the selector resolves it first");
   }
   return algorithm;
 }

@@ -12,7 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/control_channel.h"
+#include "transport/control_channel.h"
 #include "engine/request.h"
 #include "engine/response_cache.h"
 

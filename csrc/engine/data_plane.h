@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "collectives/dispatch.h"
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "engine/request.h"
 
 namespace fusecomm {
@@ -58,12 +58,13 @@ class DataPlane {
 // Host memory over the process set's own communicators (MPI).
 class HostPlane : public DataPlane {
  public:
-  explicit HostPlane(Topology& topology) : topology_(topology) {}
+  HostPlane(Topology& topology, const AllreduceSelector& selector)
+      : topology_(topology), selector_(selector) {}
   Topology& topology() override { return topology_; }
+  const AllreduceSelector& selector() const { return selector_; }
   Comm& host() override { return *topology_.global; }
   AllreduceAlgorithm Choose(AllreduceAlgorithm requested, size_t bytes, DataType dtype) override {
-    return requested == AllreduceAlgorithm::kAuto ? ResolveAutoAllreduce(topology_, bytes, dtype)
-                                                  : requested;
+    return selector_.Choose(topology_, requested, bytes, dtype);
   }
   std::shared_ptr<EngineBuffer> AllocateOutput(size_t bytes) override {
     return std::make_shared<EngineBuffer>(bytes);
@@ -74,6 +75,7 @@ class HostPlane : public DataPlane {
 
  private:
   Topology& topology_;
+  const AllreduceSelector& selector_;
 };
 
 }  // namespace fusecomm

@@ -3,15 +3,10 @@
 #include "engine/device_executor.h"
 
 #include <cuda_runtime.h>
-#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-
-#if __has_include(<mpi-ext.h>)
-#include <mpi-ext.h>  // Open MPI: MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
-#endif
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -61,7 +56,6 @@ class NcclPlane : public DataPlane {
       Topology split = SplitTopology(*global_, NodeOfEachRank(host_topology_),
                                      host_topology_.torus_x);
       split.global = global_.get();
-      split.cost_model = host_topology_.cost_model;
       topology_ = std::move(split);
     }
     return requested;
@@ -122,6 +116,12 @@ class PinnedArena {
 
 bool CallerOutput(OpType type) { return type == OpType::kAllreduce || type == OpType::kBroadcast; }
 
+// Operations that only the host plane implements (the planner fuses one reduce op per group).
+bool NeedsHost(const std::vector<Request*>& group) {
+  return !group.empty() && group[0]->spec.op_type == OpType::kAllreduce &&
+         group[0]->spec.reduce_op == ReduceOp::kAdasum;
+}
+
 // What each rank tells the others when its GPU context is created.
 struct GpuIdentity {
   char ok = 0;
@@ -143,8 +143,8 @@ struct DeviceExecutor::Context {
   }
 };
 
-DeviceExecutor::DeviceExecutor(Topology& host_topology)
-    : host_topology_(host_topology), host_plane_(host_topology) {}
+DeviceExecutor::DeviceExecutor(Topology& host_topology, const AllreduceSelector& host_selector)
+    : host_topology_(host_topology), host_plane_(host_topology, host_selector) {}
 
 DeviceExecutor::~DeviceExecutor() = default;
 
@@ -225,7 +225,9 @@ void DeviceExecutor::Run(const std::vector<Request*>& group,
                 "cudaStreamWaitEvent");
     }
   }
-  if (!context.nccl) {
+  // Adasum runs staged on host memory even where NCCL is up: its per-tensor dot products and
+  // pairwise combinations are host code (csrc/collectives/adasum_allreduce.cc over MPI).
+  if (!context.nccl || NeedsHost(group)) {
     RunStaged(context, group, run);
     return;
   }
@@ -336,16 +338,6 @@ CudaBuildInfo GetCudaBuildInfo() {
   info.driver_version =
       cudaDriverGetVersion(&driver) == cudaSuccess && driver > 0 ? version(driver) : "none";
   info.nccl_version = NcclVersionString();
-  info.cuda_aware_mpi = "unknown";
-#if defined(MPIX_CUDA_AWARE_SUPPORT)
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (initialized) {
-    info.cuda_aware_mpi = MPIX_Query_cuda_support() ? "yes" : "no";
-  } else {
-    info.cuda_aware_mpi = MPIX_CUDA_AWARE_SUPPORT ? "yes (compile time)" : "no";
-  }
-#endif
   return info;
 }
 

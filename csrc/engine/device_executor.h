@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "engine/data_plane.h"
 #include "engine/request.h"
 
@@ -30,7 +30,7 @@ namespace fusecomm {
 class DeviceExecutor {
  public:
   // host_topology: the process set's MPI communicators (metadata, staging, unique-id broadcast).
-  explicit DeviceExecutor(Topology& host_topology);
+  DeviceExecutor(Topology& host_topology, const AllreduceSelector& host_selector);
   ~DeviceExecutor();
 
   // Runs `group` (device requests of one planned group) by calling `run` with the plane of
@@ -55,12 +55,12 @@ class DeviceExecutor {
 std::shared_ptr<void> RecordSubmitEvent(int device, uintptr_t stream);
 
 // For `fusecomm check-build`: CUDA runtime and driver versions ("13.0"; "none" without a
-// driver), NCCL's version (or why it was not found), and whether MPI is CUDA-aware.
+// driver) and NCCL's version (or why it was not found). Whether MPI is CUDA-aware is the MPI
+// transport's to say (MpiCudaAwareness).
 struct CudaBuildInfo {
   std::string runtime_version;
   std::string driver_version;
   std::string nccl_version;
-  std::string cuda_aware_mpi;  // "yes", "no" or "unknown"
 };
 CudaBuildInfo GetCudaBuildInfo();
 

@@ -1,34 +1,22 @@
 #include "engine/engine.h"
 
-#include <mpi.h>
-
 #include <algorithm>
 #include <set>
 
 #include "collectives/dispatch.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "engine/bootstrap.h"
 #include "engine/settings_agreement.h"
-#include "transport/mpi/mpi_comm.h"
-#include "transport/mpi/liveness.h"
-#include "transport/mpi/mpi_context.h"
-#include "transport/mpi/mpi_control.h"
-#include "transport/mpi/mpi_wait.h"
+#include "transport/abort.h"
 #if FUSECOMM_WITH_CUDA
 #include "engine/device_executor.h"
 #endif
 
 namespace fusecomm {
 
-namespace {
-
-MPI_Comm& AsComm(void*& p) { return *reinterpret_cast<MPI_Comm*>(&p); }
-
-}  // namespace
-
 BuildInfo GetBuildInfo() {
   BuildInfo info;
-  info.mpi_version = MpiLibraryVersion();
 #if FUSECOMM_WITH_CUDA
   // NCCL is part of every CUDA build (loaded at run time; nccl_version says whether it is there).
   info.cuda = true;
@@ -37,7 +25,6 @@ BuildInfo GetBuildInfo() {
   info.cuda_runtime_version = cuda.runtime_version;
   info.cuda_driver_version = cuda.driver_version;
   info.nccl_version = cuda.nccl_version;
-  info.cuda_aware_mpi = cuda.cuda_aware_mpi;
 #endif
   return info;
 }
@@ -47,12 +34,12 @@ Engine& Engine::Get() {
   return *engine;
 }
 
-void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
+void Engine::Init(Bootstrap& bootstrap) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (initialized_) return;  // like Horovod, a second init is a no-op
-  // A rank that fails init must not leave the others waiting for it inside MPI: its error is
-  // kept until every rank can hear of it (AgreeOnInitErrors), and until then the watchdog
-  // bounds every wait that no error could interrupt.
+  // A rank that fails init must not leave the others waiting for it inside the transport: its
+  // error is kept until every rank can hear of it (AgreeOnInitErrors), and until then the
+  // start-up watch bounds every wait that no error could interrupt.
   std::string local_error;
   Config config;
   try {
@@ -62,23 +49,14 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
     local_error = e.what();
     config = Config();
   }
-  InitWatchdog watchdog(config.liveness_timeout_seconds, config.init_timeout_seconds);
-  EnsureMpiInitialized();
-  static_assert(sizeof(MPI_Comm) <= sizeof(void*), "MPI_Comm must fit in a pointer");
-  MPI_Comm base = mpi_comm ? *static_cast<const MPI_Comm*>(mpi_comm) : MPI_COMM_WORLD;
-  MPI_Comm global = MakeGlobalComm(base, ranks);
-  if (global == MPI_COMM_NULL) {
-    throw InvalidArgument("this rank is not among the ranks given to init()");
-  }
-  int size = 0, rank = 0;
-  MPI_Comm_size(global, &size);
-  MPI_Comm_rank(global, &rank);
+  std::unique_ptr<StartupWatch> watch =
+      bootstrap.WatchStartup(config.liveness_timeout_seconds, config.init_timeout_seconds);
+  std::unique_ptr<ProcessGroup> global = bootstrap.Start();
+  const int size = global->size(), rank = global->rank();
   SetLogRank(rank);
-  // The heartbeat starts before any work a peer could die in; a beat well inside the timeout,
-  // so one late beat is no alarm.
-  const double timeout = config.liveness_timeout_seconds;
-  auto liveness = std::make_shared<LivenessMonitor>(global, std::min(1.0, timeout / 5), timeout);
-  watchdog.HeartbeatStarted();
+  // The heartbeat starts before any work a peer could die in.
+  std::unique_ptr<Liveness> liveness = global->StartLiveness(config.liveness_timeout_seconds);
+  watch->HeartbeatStarted();
   std::string failure, disagreement;
   try {
     if (local_error.empty()) {
@@ -91,15 +69,11 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
         local_error = e.what();
       }
     }
-    failure = AgreeOnInitErrors(global, local_error);
-    if (failure.empty()) {
-      // Once every rank's own settings are valid, those that must match are compared, before
-      // anything collective depends on them (calibration, the worker).
-      MPI_Comm agreement_comm;
-      CheckMpi(MPI_Comm_dup(global, &agreement_comm), "MPI_Comm_dup");
-      MpiControlChannel agreement(agreement_comm);
-      disagreement = AgreeOnSettings(agreement, config);
-    }
+    std::unique_ptr<ControlChannel> agreement = global->NewControlChannel();
+    failure = AgreeOnInitErrors(*agreement, local_error);
+    // Once every rank's own settings are valid, those that must match are compared, before
+    // anything collective depends on them (calibration, the worker).
+    if (failure.empty()) disagreement = AgreeOnSettings(*agreement, config);
   } catch (...) {
     timeline_.Stop();
     liveness->StopSilently();
@@ -109,7 +83,6 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
     // Every rank fails here together, so each says goodbye and frees what it made.
     timeline_.Stop();
     liveness->Stop();
-    MPI_Comm_free(&global);
     if (!failure.empty()) throw InvalidArgument(failure);
     throw CollectiveError(disagreement);
   }
@@ -117,7 +90,7 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
   for (int r = 0; r < size; ++r) all[r] = r;
   std::shared_ptr<ProcessSetWorker> worker;
   try {
-    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(0, global, config, &timeline_));
+    worker = StartProcessSet(0, *global, config, &timeline_);
   } catch (...) {
     // Possibly this rank alone: its silence tells the peers (see StopSilently).
     timeline_.Stop();
@@ -125,8 +98,8 @@ void Engine::Init(const void* mpi_comm, const std::vector<int>& ranks) {
     throw;
   }
   config_ = config;
-  AsComm(global_comm_) = global;
-  liveness_ = liveness;
+  global_group_ = std::move(global);
+  liveness_ = std::move(liveness);
   process_sets_.clear();
   process_sets_[0] = ProcessSet{all, worker};
   next_process_set_ = 1;
@@ -149,15 +122,9 @@ void Engine::Shutdown(bool at_exit) {
   sets.clear();
   timeline_.Stop();
   // After the agreed shutdown, so no peer takes this rank's silence for a death.
-  if (liveness_) static_cast<LivenessMonitor*>(liveness_.get())->Stop();
+  if (liveness_) liveness_->Stop();
   liveness_.reset();
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  // With a dead peer, freeing a communicator may wait for it forever.
-  if (!finalized && !TransportAborted() && AsComm(global_comm_) != MPI_COMM_NULL) {
-    MPI_Comm_free(&AsComm(global_comm_));
-  }
-  global_comm_ = nullptr;
+  global_group_.reset();
 }
 
 bool Engine::initialized() {
@@ -209,13 +176,13 @@ FUSECOMM_GLOBAL_QUERY(cross_size, w.topology().cross_size())
 
 std::string Engine::AutoAlgorithm(size_t bytes, DataType dtype) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return AllreduceAlgorithmName(ChooseAllreduceAlgorithm(WorkerFor(0).topology(), bytes, dtype));
+  const ProcessSetWorker& global = WorkerFor(0);
+  return AllreduceAlgorithmName(global.selector().Preview(global.topology(), bytes, dtype));
 }
 
 std::vector<TunedClass> Engine::TunedClasses() {
   std::lock_guard<std::mutex> lock(mutex_);
-  const Topology& topo = WorkerFor(0).topology();
-  return topo.tuner ? topo.tuner->Classes() : std::vector<TunedClass>{};
+  return WorkerFor(0).selector().TunedClasses();
 }
 
 void Engine::StartTimeline(const std::string& path, bool mark_cycles) {
@@ -231,17 +198,14 @@ void Engine::StopTimeline() { timeline_.Stop(); }
 
 double Engine::PredictSeconds(const std::string& algorithm, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const Topology& topo = WorkerFor(0).topology();
-  AllreduceAlgorithm a = ParseAllreduceAlgorithm(algorithm);
-  if (a == AllreduceAlgorithm::kAuto) {
-    a = ChooseAllreduceAlgorithm(topo, bytes, DataType::kFloat32);
-  }
-  return topo.cost_model.Predict(a, topo, bytes);
+  const ProcessSetWorker& global = WorkerFor(0);
+  return global.selector().PredictSeconds(global.topology(), ParseAllreduceAlgorithm(algorithm),
+                                          bytes);
 }
 
 std::string Engine::CostModelText() {
   std::lock_guard<std::mutex> lock(mutex_);
-  const CostModel& model = WorkerFor(0).topology().cost_model;
+  const CostModel& model = WorkerFor(0).selector().cost_model();
   return (model.calibrated ? "calibrated\n" : "defaults\n") + model.ToText();
 }
 
@@ -277,13 +241,10 @@ int Engine::AddProcessSet(const std::vector<int>& ranks) {
                             std::to_string(id) + ")");
     }
   }
-  MPI_Comm comm = MakeGlobalComm(AsComm(global_comm_), sorted);
+  std::unique_ptr<ProcessGroup> group = global_group_->Subgroup(sorted);
   int id = next_process_set_++;
   std::shared_ptr<ProcessSetWorker> worker;
-  if (comm != MPI_COMM_NULL) {
-    worker = std::shared_ptr<ProcessSetWorker>(MakeWorker(id, comm, config_, &timeline_));
-    MPI_Comm_free(&comm);
-  }
+  if (group) worker = StartProcessSet(id, *group, config_, &timeline_);
   process_sets_[id] = ProcessSet{sorted, worker};
   return id;
 }
@@ -369,10 +330,6 @@ void Engine::Validate(const ProcessSetWorker& worker, const Request& request) {
   if (spec.reduce_op == ReduceOp::kAdasum && spec.op_type == OpType::kReducescatter) {
     throw InvalidArgument("Adasum is an allreduce op: reducescatter takes Sum, Average, Min, Max "
                           "or Product");
-  }
-  if (reduces && spec.reduce_op == ReduceOp::kAdasum && spec.device >= 0) {
-    throw InvalidArgument("Adasum runs on host tensors; tensor '" + spec.name + "' is on cuda:" +
-                          std::to_string(spec.device) + " (move it to the CPU)");
   }
   if (reduces && spec.dtype == DataType::kBool &&
       (spec.prescale != 1.0 || spec.postscale != 1.0)) {

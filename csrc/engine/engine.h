@@ -13,9 +13,12 @@
 #include "engine/process_set_worker.h"
 #include "engine/request.h"
 #include "timeline/timeline.h"
+#include "transport/bootstrap.h"
 
 namespace fusecomm {
 
+// The transport's entries (mpi_version, cuda_aware_mpi) are filled by whoever knows the
+// transport (the bindings); GetBuildInfo fills the rest.
 struct BuildInfo {
   std::string mpi_version;
   bool cuda = false;
@@ -32,9 +35,8 @@ class Engine {
  public:
   static Engine& Get();
 
-  // `mpi_comm` points at an MPI_Comm to run on (nullptr: MPI_COMM_WORLD); `ranks`, when not
-  // empty, restricts the job to those ranks of MPI_COMM_WORLD. Ranks outside take no part.
-  void Init(const void* mpi_comm, const std::vector<int>& ranks);
+  // Starts on the transport `bootstrap` brings up (which also decides which ranks take part).
+  void Init(Bootstrap& bootstrap);
   // at_exit: the process is exiting (peers are told so).
   void Shutdown(bool at_exit = false);
   bool initialized();
@@ -104,8 +106,8 @@ class Engine {
   };
   std::map<int, ProcessSet> process_sets_;
   int next_process_set_ = 1;
-  std::shared_ptr<void> liveness_;  // LivenessMonitor (MPI-specific, kept opaque here)
-  void* global_comm_ = nullptr;  // MPI_Comm of the global set (owned), for creating sub-sets
+  std::unique_ptr<Liveness> liveness_;
+  std::unique_ptr<ProcessGroup> global_group_;  // the global set's ranks, for creating sub-sets
   std::map<int64_t, std::shared_ptr<HandleState>> handles_;
   int64_t next_handle_ = 1;
   int device_ = -1;  // the CUDA device this process's device tensors are on (one per process)

@@ -37,11 +37,11 @@ std::vector<int64_t> WithFirstDim(const std::vector<int64_t>& shape, int64_t fir
 
 }  // namespace
 
-Executor::Executor(Topology& topology, size_t fusion_threshold,
-                   AllreduceAlgorithm default_algorithm,
+Executor::Executor(Topology& topology, const AllreduceSelector& selector,
+                   size_t fusion_threshold, AllreduceAlgorithm default_algorithm,
                    std::function<void(const std::string&)> release_name, Timeline* timeline)
     : timeline_(timeline),
-      host_plane_(topology),
+      host_plane_(topology, selector),
       fusion_threshold_(fusion_threshold),
       default_algorithm_(default_algorithm),
       release_name_(std::move(release_name)) {}
@@ -90,8 +90,9 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
   std::vector<size_t> counts;
   for (Request* r : group) counts.push_back(ElementCount(r->spec));
   for (size_t c : counts) total += c;
-  // Adasum is an all-reduce of its own, on every member's counts (the engine admits it only for
-  // host tensors); the other ops take the requested or chosen algorithm.
+  // Adasum is an all-reduce of its own, on every member's counts (always on the host plane:
+  // device tensors are staged through host memory); the other ops take the requested or chosen
+  // algorithm.
   const bool adasum = kind.reduce_op == ReduceOp::kAdasum;
   const AllreduceAlgorithm algorithm =
       adasum ? AllreduceAlgorithm::kAuto
@@ -310,7 +311,8 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
         Run(host_plane_, type, members);
       } else {
 #if FUSECOMM_WITH_CUDA
-        if (!device_) device_ = std::make_unique<DeviceExecutor>(host_plane_.topology());
+        if (!device_) device_ = std::make_unique<DeviceExecutor>(host_plane_.topology(),
+                                                                  host_plane_.selector());
         device_->Run(members, [&](DataPlane& plane, const std::vector<Request*>& on_plane) {
           Run(plane, type, on_plane);
         });

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "engine/controller.h"
 #include "engine/data_plane.h"
 #include "engine/request.h"
@@ -23,7 +23,8 @@ class Executor {
  public:
   // `release_name` is called for each finished request before its handle completes, so a caller
   // woken by the handle may reuse the name at once.
-  Executor(Topology& topology, size_t fusion_threshold, AllreduceAlgorithm default_algorithm,
+  Executor(Topology& topology, const AllreduceSelector& selector, size_t fusion_threshold,
+           AllreduceAlgorithm default_algorithm,
            std::function<void(const std::string&)> release_name, Timeline* timeline);
   ~Executor();
 

@@ -23,16 +23,18 @@ Topology WithGlobal(Topology topology, Comm* global) {
 
 ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
                                    std::unique_ptr<Comm> data_comm, Topology topology,
-                                   const Config& config, Timeline* timeline)
+                                   AllreduceSelector selector, const Config& config,
+                                   Timeline* timeline)
     : id_(id),
       config_(config),
       data_comm_(std::move(data_comm)),
       topology_(WithGlobal(std::move(topology), data_comm_.get())),
+      selector_(std::move(selector)),
       controller_(std::move(control), config.cache_capacity,
                   StallSettings{config.stall_warning_seconds, config.stall_shutdown_seconds,
                                 config.deadlock_seconds}),
       timeline_(timeline),
-      executor_(topology_, config.fusion_threshold_bytes, config.allreduce_algorithm,
+      executor_(topology_, selector_, config.fusion_threshold_bytes, config.allreduce_algorithm,
                 [this](const std::string& name) { ReleaseName(name); }, timeline) {
   thread_ = std::thread([this] { Loop(); });
 }
@@ -251,7 +253,7 @@ bool ProcessSetWorker::CycleOnce() {
         join_taken_ = false;
       }
       if (handle) {
-        handle->received_splits = {result.last_joined_rank};
+        handle->last_joined_rank = result.last_joined_rank;
         handle->Complete();
       }
       return true;

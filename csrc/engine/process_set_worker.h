@@ -17,25 +17,27 @@
 #include <unordered_set>
 #include <vector>
 
-#include "collectives/topology.h"
+#include "collectives/dispatch.h"
 #include "common/config.h"
 #include "engine/controller.h"
 #include "engine/executor.h"
 #include "engine/request.h"
+#include "transport/topology.h"
 
 namespace fusecomm {
 
 class ProcessSetWorker : public CycleDriver {
  public:
   ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
-                   std::unique_ptr<Comm> data_comm, Topology topology, const Config& config,
-                   Timeline* timeline);
+                   std::unique_ptr<Comm> data_comm, Topology topology,
+                   AllreduceSelector selector, const Config& config, Timeline* timeline);
   ~ProcessSetWorker();
 
   int id() const { return id_; }
   int rank() const { return data_comm_->rank(); }
   int size() const { return data_comm_->size(); }
   const Topology& topology() const { return topology_; }
+  const AllreduceSelector& selector() const { return selector_; }
   // Counts the threads waiting on this set's handles (Engine::Submit hands it to each handle).
   const std::shared_ptr<WaitCounter>& wait_counter() const { return waiters_; }
 
@@ -76,6 +78,7 @@ class ProcessSetWorker : public CycleDriver {
   const Config config_;
   std::unique_ptr<Comm> data_comm_;
   Topology topology_;
+  const AllreduceSelector selector_;
   Controller controller_;
   Timeline* timeline_;
   Executor executor_;

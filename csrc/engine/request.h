@@ -94,8 +94,10 @@ class HandleState {
   // Filled by the engine before Complete() for outputs it allocates.
   std::shared_ptr<EngineBuffer> output;
   std::vector<int64_t> output_shape;
-  // alltoall: rows received from each rank; join: {the last rank to join}
+  // alltoall: rows received from each rank
   std::vector<int64_t> received_splits;
+  // join: the rank that joined last
+  int last_joined_rank = -1;
   // The process set's count of waiting threads (set at submission; may be null).
   std::shared_ptr<WaitCounter> waiters;
   // The process set's engine, which Wait drives while its thread is idle (may be unset).

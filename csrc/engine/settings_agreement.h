@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/config.h"
-#include "engine/control_channel.h"
+#include "transport/control_channel.h"
 
 namespace fusecomm {
 

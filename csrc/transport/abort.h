@@ -20,5 +20,7 @@ std::string TransportAbortReason();
 // engine's worker threads set it, after start-up, when every rank is known to be running (a
 // start-up wait may legitimately wait for a slow rank to arrive).
 void BoundDataWaits(double seconds);
+// The calling thread's bound (0: unbounded), for the transports' waits.
+double DataWaitBound();
 
 }  // namespace fusecomm

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "collectives/topology.h"
+#include "transport/topology.h"
 
 namespace fusecomm {
 

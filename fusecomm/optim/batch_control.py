@@ -69,6 +69,16 @@ class BatchSizePlan:
         progress = epoch + step_in_epoch / max(steps_in_epoch, 1)
         return goyal_warmup(progress, self.warmup_epochs, stage.lr, self.base_lr)
 
+    def rank_share(self, epoch, step, rank, order):
+        """What `rank` trains on at `step` of `epoch`: its stage.rank_batch consecutive entries
+        of the step's global batch, which is the step-th run of global_batch entries of
+        `order` (the epoch's sample order, the same on every rank)."""
+        stage = self.at_epoch(epoch)
+        if not 0 <= rank < self.ranks:
+            raise ValueError(f"rank {rank} is not one of the plan's {self.ranks} ranks")
+        start = step * stage.global_batch + rank * stage.rank_batch
+        return order[start:start + stage.rank_batch]
+
     def steps_in_epoch(self, epoch, dataset_size):
         """Optimizer steps of `epoch` over a dataset of dataset_size samples in all (the
         remainder that does not fill a global batch is dropped)."""

@@ -20,6 +20,10 @@ def main(argv=None):
 
     testbed.add_arguments(sub.add_parser(
         "testbed", help="a cluster of nodes on this machine (network namespaces, shaped links)"))
+    from fusecomm.simulate import cli as simulate_cli
+
+    simulate_cli.add_arguments(sub.add_parser(
+        "simulate", help="predict all-reduce and training-step communication on a cluster"))
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -32,6 +36,8 @@ def main(argv=None):
         return 0
     if args.action == "testbed":
         return testbed.main(args)
+    if args.action == "simulate":
+        return simulate_cli.main(args)
     return bench.run(args)
 
 

@@ -119,6 +119,11 @@ _PMIX_NOTICE_NOISE = re.compile(
     r"^\[[^\]]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+\s*$")
 
 
+# How long mpirun may outlive the last rank of a failed job (it needs a moment to collect the
+# ranks' statuses and end its daemons).
+_MPIRUN_LINGER_SECONDS = 10.0
+
+
 def _seconds_setting(args, key, default):
     """A rank setting in seconds as the ranks will see it (flag, else environment); the
     default where unset, off (0) or unreadable (the ranks reject a bad value themselves)."""
@@ -234,11 +239,15 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
                             text=True, errors="replace", bufsize=1)
     grace = failure_grace_seconds(args)
 
-    def stop_job():
+    def stop_job(reason=None):
         if proc.poll() is not None:
             return
-        print(f"fusecomm run: ranks still running {grace:.0f} s after a rank failed; ending the "
-              "job", file=sys.stderr, flush=True)
+        if reason:
+            print(f"fusecomm run: {reason}, mpirun has not after {_MPIRUN_LINGER_SECONDS:.0f} s; "
+                  "ending it", file=sys.stderr, flush=True)
+        else:
+            print(f"fusecomm run: ranks still running {grace:.0f} s after a rank failed; ending "
+                  "the job", file=sys.stderr, flush=True)
         proc.terminate()  # mpirun passes SIGTERM on to the ranks, then kills them
         try:
             proc.wait(timeout=15)
@@ -248,23 +257,40 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
     backstop = threading.Timer(grace, stop_job)
     backstop.daemon = True
     backstop_started = False
+    ended_ranks = set()
+    # Open MPI 4.1 under --enable-recovery can wait forever once a rank on a remote host has
+    # died, even after every other rank has exited: once every rank's wrapper has said it ended
+    # and a rank failed, mpirun gets a short grace and is then ended.
+    lingering = threading.Timer(_MPIRUN_LINGER_SECONDS, stop_job,
+                                kwargs={"reason": "every rank has ended"})
+    lingering.daemon = True
     try:
         for line in proc.stdout:
             if _PMIX_NOTICE_NOISE.match(line):
                 continue
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            ends = rank_wrapper.END_MARKER_PATTERN.findall(line)
+            if ends:
+                ended_ranks.update(ends)
+                line = rank_wrapper.END_MARKER_PATTERN.sub("", line)
+                line = line if line.strip() else ""
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
             if rank_wrapper.MARKER in line:
                 known = failures.add(line)
                 if known and not backstop_started:
                     backstop_started = True
                     backstop.start()
+            if (len(ended_ranks) >= args.np and failures.first() is not None
+                    and not lingering.is_alive() and not lingering.finished.is_set()):
+                lingering.start()
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
     finally:
         backstop.cancel()
+        lingering.cancel()
     first_failure = failures.first()
     if first_failure:
         print(f"fusecomm run: the first rank to fail: {rank_wrapper.without_time(first_failure)}",

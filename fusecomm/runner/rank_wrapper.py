@@ -19,6 +19,10 @@ import sys
 import time
 
 MARKER = "[fusecomm run] "
+# Printed by every rank's wrapper when its command has ended, however it ended; the launcher
+# counts these (and does not pass them on) to know when the whole job is over.
+END_MARKER = "[fusecomm run:end] "
+END_MARKER_PATTERN = re.compile(r"\[fusecomm run:end\] rank (\S+)")
 REPORT_FD_VARIABLE = "FUSECOMM_RUN_REPORT_FD"
 
 
@@ -97,7 +101,18 @@ def _marker(text, failed_at, blamed=None):
           flush=True)
 
 
+def _end_marker():
+    print(f"{END_MARKER}rank {rank_id()}", file=sys.stderr, flush=True)
+
+
 def main(argv):
+    try:
+        return _run_rank(argv)
+    finally:
+        _end_marker()
+
+
+def _run_rank(argv):
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{REPORT_FD_VARIABLE: str(write_fd)})
     try:

@@ -42,3 +42,11 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
         backward_passes_per_step=backward_passes_per_step,
         average_aggregated_gradients=average_aggregated_gradients,
         groups=check_groups(groups, num_groups), process_set=process_set)
+
+
+def __getattr__(name):
+    # Horovod's hvd.SyncBatchNormalization, loaded on first use: it imports Keras.
+    if name == "SyncBatchNormalization":
+        from fusecomm.tensorflow.keras.layers import SyncBatchNormalization
+        return SyncBatchNormalization
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

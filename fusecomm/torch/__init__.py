@@ -1,9 +1,9 @@
 """fusecomm for PyTorch: a drop-in for horovod.torch.
 
 Change `import horovod.torch as hvd` to `import fusecomm.torch as hvd`; names, arguments,
-defaults and return values are Horovod's (v0.28). Differences: CUDA tensors need a CUDA build;
-Adasum runs on CPU tensors only; fusecomm.torch.elastic only names horovod.torch.elastic's API
-(using it raises NotImplementedError)."""
+defaults and return values are Horovod's (v0.28). Differences: CUDA tensors need a CUDA build
+(Adasum on them is staged through host memory); fusecomm.torch.elastic only names
+horovod.torch.elastic's API (using it raises NotImplementedError)."""
 from fusecomm.torch import elastic
 from fusecomm.torch.compression import Compression
 from fusecomm.torch.functions import (allgather_object, broadcast_object,

@@ -131,7 +131,7 @@ def _engine_output(dtype, device):
     copying."""
 
     def wrap(result):
-        data, shape, _ = result
+        data, shape, _, _ = result
         if data is None or data.nbytes == 0:
             return torch.empty(shape, dtype=dtype, device=device)
         if isinstance(data, _engine.DeviceBuffer):

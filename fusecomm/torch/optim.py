@@ -250,8 +250,9 @@ class BatchSizeController:
     """Applies a BatchSizePlan to an optimizer: `start_epoch(epoch)` sets every group's rate to
     the stage's and, on a fusecomm DistributedOptimizer, backward_passes_per_step to the stage's
     accumulation; it returns the Stage, whose micro_batch and backward_passes the training loop
-    uses to slice its data (loss divided by backward_passes). `set_step(step, steps)` applies
-    the plan's warm-up within an epoch."""
+    uses to slice its data (plan.rank_share gives this rank's rows of a step; loss divided by
+    backward_passes). `set_step(step, steps)` applies the plan's warm-up within an epoch. The
+    Keras face is fusecomm.tensorflow.keras.callbacks.BatchSizeControlCallback."""
 
     def __init__(self, plan, optimizer):
         self.plan, self.optimizer = plan, optimizer

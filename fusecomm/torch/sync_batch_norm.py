@@ -3,7 +3,11 @@
 Training: each rank computes its per-channel count, mean and sum of squared deviations; one
 allgather brings every rank's triple and they combine exactly (Chan et al.), so ranks may hold
 different numbers of samples, none included. Backward needs two per-channel sums over the
-global batch: one allreduce. Works on CPU tensors (Horovod's needs CUDA)."""
+global batch: one allreduce. Works on CPU tensors (Horovod's needs CUDA).
+
+moving_averages=False is Akiba et al.'s batch normalization without moving averages: instead of
+running averages, evaluation uses the statistics of the last training batch, taken over every
+rank's samples."""
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -53,9 +57,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(m2 / total + eps)
         if running_mean is not None:
             with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                unbiased = (m2 / (total - 1)).to(running_var.dtype)
-                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+                if momentum is None:
+                    # No moving averages: the statistics that normalized this batch, so that
+                    # evaluating it reproduces the training output.
+                    running_mean.copy_(mean)
+                    running_var.copy_(m2 / total)
+                else:
+                    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype),
+                                                         alpha=momentum)
+                    unbiased = (m2 / (total - 1)).to(running_var.dtype)
+                    running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
         mean, invstd = mean.to(xc.dtype), invstd.to(xc.dtype)
         xhat = (xc - _channel_view(mean, xc.dim())) * _channel_view(invstd, xc.dim())
         y = xhat
@@ -94,12 +105,25 @@ class SyncBatchNorm(_BatchNorm):
 
     Arguments as torch.nn.BatchNorm*d: num_features (C of an (N, C, ...) input), eps,
     momentum (None: cumulative average), affine, track_running_stats; process_set limits the
-    synchronization to a subset of ranks. Evaluation with running statistics is local."""
+    synchronization to a subset of ranks. Evaluation with running statistics is local.
+
+    moving_averages=False (Akiba et al.): running_mean and running_var are not averages but the
+    mean and (biased) variance of the last training batch over every rank of the set, replaced
+    at every training step (momentum is ignored); evaluation normalizes with them. Put the model
+    in eval mode right after the last training step (or run a few training-mode forward passes
+    without optimizer steps over a batch of your choice) to fix the statistics."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_set=global_process_set):
+                 track_running_stats=True, process_set=global_process_set, moving_averages=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        if not moving_averages and not track_running_stats:
+            raise ValueError("moving_averages=False keeps the last batch's statistics for "
+                             "evaluation: it needs track_running_stats=True")
         self.process_set = process_set
+        self.moving_averages = moving_averages
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.moving_averages else ", moving_averages=False")
 
     def _check_input_dim(self, input):
         if input.dim() < 2:
@@ -113,22 +137,27 @@ class SyncBatchNorm(_BatchNorm):
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or not self.track_running_stats
-        if not use_batch_stats or self.process_set.size() == 1:
+        track = self.training and self.track_running_stats
+        if not use_batch_stats or (self.process_set.size() == 1 and self.moving_averages):
             return F.batch_norm(input, self.running_mean, self.running_var, self.weight,
                                 self.bias, use_batch_stats, momentum, self.eps)
-        track = self.training and self.track_running_stats
+        if track and not self.moving_averages:
+            momentum = None  # replace the statistics with the batch's
         return _SyncBatchNormFunction.apply(
             input, self.weight, self.bias, self.running_mean if track else None,
             self.running_var if track else None, self.eps, momentum, self.process_set)
 
     @classmethod
-    def convert_sync_batchnorm(cls, module, process_set=global_process_set):
+    def convert_sync_batchnorm(cls, module, process_set=global_process_set,
+                               moving_averages=True):
         """Returns `module` with every torch BatchNorm layer replaced by a SyncBatchNorm that
-        carries over its parameters and running statistics."""
+        carries over its parameters and running statistics (moving_averages: as for
+        SyncBatchNorm; layers that do not track running statistics keep batch statistics)."""
         converted = module
         if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_set)
+                            module.track_running_stats, process_set,
+                            moving_averages or not module.track_running_stats)
             if module.affine:
                 with torch.no_grad():
                     converted.weight = module.weight
@@ -138,5 +167,6 @@ class SyncBatchNorm(_BatchNorm):
             converted.num_batches_tracked = module.num_batches_tracked
             converted.train(module.training)
         for child_name, child in module.named_children():
-            converted.add_module(child_name, cls.convert_sync_batchnorm(child, process_set))
+            converted.add_module(child_name,
+                                 cls.convert_sync_batchnorm(child, process_set, moving_averages))
         return converted

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "collectives/allreduce.h"
-#include "collectives/topology.h"
+#include "transport/topology.h"
 #include "common/types.h"
 #include "reduce/cpu_reduce.h"
 #include "transport/mpi/mpi_comm.h"

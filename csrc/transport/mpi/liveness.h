@@ -14,18 +14,20 @@
 #include <thread>
 #include <vector>
 
+#include "transport/bootstrap.h"
+
 namespace fusecomm {
 
-class LivenessMonitor {
+class LivenessMonitor : public Liveness {
  public:
   // Duplicates `comm`. timeout_seconds <= 0 disables the monitor.
   LivenessMonitor(MPI_Comm comm, double interval_seconds, double timeout_seconds);
-  ~LivenessMonitor();
+  ~LivenessMonitor() override;
   // Tells the peers this rank leaves on purpose (no alarm), then stops the thread.
-  void Stop();
+  void Stop() override;
   // Stops the thread without the goodbye: for a rank whose init failed alone, so peers still
   // waiting for it in init take its silence for a failure (and name it) instead of waiting on.
-  void StopSilently();
+  void StopSilently() override;
 
   // The peers the running monitor has not heard from for at least `seconds`, as (rank in the
   // global set, seconds silent): rank 0 watches every rank, the others watch rank 0. Empty when

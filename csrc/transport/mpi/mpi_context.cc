@@ -5,17 +5,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <thread>
+
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>  // Open MPI: MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
+#endif
 
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/launcher_status.h"
 #include "common/logging.h"
+#include "transport/mpi/liveness.h"
 #include "transport/mpi/mpi_comm.h"
 #include "transport/mpi/mpi_control.h"
 #include "transport/mpi/mpi_wait.h"
-#include "transport/split_topology.h"
 
 namespace fusecomm {
 
@@ -37,28 +40,6 @@ MPI_Comm Dup(MPI_Comm comm) {
   return out;
 }
 
-Topology BuildTopology(MpiComm& global, const Config& config) {
-  const int rank = global.rank(), size = global.size();
-  // Node of each rank: consecutive virtual nodes of FUSECOMM_LOCAL_SIZE ranks, or the real
-  // shared-memory node (identified by its lowest global rank).
-  int node_id;
-  if (config.local_size > 0) {
-    node_id = rank / config.local_size;
-  } else {
-    MPI_Comm shared;
-    CheckMpi(MPI_Comm_split_type(global.handle(), MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL,
-                                 &shared),
-             "MPI_Comm_split_type");
-    MpiComm node(shared, true);
-    node_id = rank;
-    node.NativeAllreduce(&node_id, 1, DataType::kInt32, ReduceOp::kMin);
-  }
-  std::vector<int> node_of(size);
-  global.NativeAllgatherv(&node_id, sizeof(int), node_of.data(),
-                          std::vector<size_t>(size, sizeof(int)));
-  return SplitTopology(global, node_of, config.torus_x);
-}
-
 // The launcher's rank number, for messages written before MPI can tell it.
 std::string LauncherRank() {
   for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"}) {
@@ -72,6 +53,32 @@ std::string LauncherRank() {
   std::fprintf(stderr, "[fusecomm] rank %s: %s\n", rank.c_str(), message.c_str());
   std::fflush(stderr);
   std::_Exit(InitWatchdog::kExitStatus);
+}
+
+// The communicator of `ranks` of `base` (all of it when empty): MPI_COMM_NULL on the ranks
+// outside. Collective over `base`.
+MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
+  if (ranks.empty()) return Dup(base);
+  int world_size = 0;
+  MPI_Comm_size(base, &world_size);
+  std::vector<bool> seen(world_size, false);
+  for (int r : ranks) {
+    if (r < 0 || r >= world_size) {
+      throw InvalidArgument("rank " + std::to_string(r) + " is not in MPI_COMM_WORLD of size " +
+                            std::to_string(world_size));
+    }
+    if (seen[r]) throw InvalidArgument("rank " + std::to_string(r) + " is listed twice");
+    seen[r] = true;
+  }
+  MPI_Group world_group, group;
+  CheckMpi(MPI_Comm_group(base, &world_group), "MPI_Comm_group");
+  CheckMpi(MPI_Group_incl(world_group, static_cast<int>(ranks.size()), ranks.data(), &group),
+           "MPI_Group_incl");
+  MPI_Comm out;
+  CheckMpi(MPI_Comm_create(base, group, &out), "MPI_Comm_create");
+  MPI_Group_free(&group);
+  MPI_Group_free(&world_group);
+  return out;  // MPI_COMM_NULL on ranks outside `ranks`
 }
 
 }  // namespace
@@ -151,26 +158,6 @@ void InitWatchdog::Loop(double limit_seconds, const std::string& rank,
   }
 }
 
-std::string AgreeOnInitErrors(MPI_Comm comm, const std::string& mine) {
-  // Fixed-size slots keep this one collective; a longer message is cut (the failing rank's own
-  // exception has it in full).
-  constexpr size_t kSlot = 512;
-  MpiComm agree(comm, false);
-  const int size = agree.size();
-  std::vector<char> own(kSlot, 0), all(kSlot * static_cast<size_t>(size), 0);
-  std::memcpy(own.data(), mine.data(), std::min(mine.size(), kSlot - 1));
-  agree.NativeAllgatherv(own.data(), kSlot, all.data(), std::vector<size_t>(size, kSlot));
-  std::string failures;
-  int failed = 0;
-  for (int r = 0; r < size; ++r) {
-    const char* text = all.data() + static_cast<size_t>(r) * kSlot;
-    if (*text == 0) continue;
-    failures += (failed++ ? "; rank " : "rank ") + std::to_string(r) + ": " +
-                std::string(text, strnlen(text, kSlot));
-  }
-  return failed ? "init() failed on " + failures : std::string();
-}
-
 void EnsureMpiInitialized() {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
@@ -229,66 +216,82 @@ std::string MpiLibraryVersion() {
   return s;
 }
 
-MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks) {
-  if (ranks.empty()) return Dup(base);
-  int world_size = 0;
-  MPI_Comm_size(base, &world_size);
-  std::vector<bool> seen(world_size, false);
-  for (int r : ranks) {
-    if (r < 0 || r >= world_size) {
-      throw InvalidArgument("rank " + std::to_string(r) + " is not in MPI_COMM_WORLD of size " +
-                            std::to_string(world_size));
-    }
-    if (seen[r]) throw InvalidArgument("rank " + std::to_string(r) + " is listed twice");
-    seen[r] = true;
-  }
-  MPI_Group world_group, group;
-  CheckMpi(MPI_Comm_group(base, &world_group), "MPI_Comm_group");
-  CheckMpi(MPI_Group_incl(world_group, static_cast<int>(ranks.size()), ranks.data(), &group),
-           "MPI_Group_incl");
-  MPI_Comm out;
-  CheckMpi(MPI_Comm_create(base, group, &out), "MPI_Comm_create");
-  MPI_Group_free(&group);
-  MPI_Group_free(&world_group);
-  return out;  // MPI_COMM_NULL on ranks outside `ranks`
+std::string MpiCudaAwareness() {
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) return MPIX_Query_cuda_support() ? "yes" : "no";
+  return MPIX_CUDA_AWARE_SUPPORT ? "yes (compile time)" : "no";
+#else
+  return "unknown";
+#endif
 }
 
-// The cost model: from the cache file when rank 0 finds one, else measured now (and cached
-// by rank 0 when a file is named). Rank 0 decides for everyone, so all ranks do the same.
-// The file describes the global process set (its MPI_Allreduce times depend on the rank
-// count); other process sets measure their own.
-CostModel LoadOrCalibrate(int process_set_id, Topology& topo, const Config& config) {
-  Comm& comm = *topo.global;
-  if (!config.calibrate) return CostModel{};
-  const std::string file = process_set_id == 0 ? config.calibration_file : std::string();
-  std::vector<char> text(4096, 0);
-  if (comm.rank() == 0 && !file.empty()) {
-    std::ifstream in(file);
-    in.read(text.data(), static_cast<std::streamsize>(text.size() - 1));
-  }
-  comm.NativeBroadcast(text.data(), text.size(), 0);
-  CostModel model;
-  if (CostModel::FromText(text.data(), &model)) return model;
-  model = CalibrateCostModel(topo);
-  if (comm.rank() == 0 && !file.empty()) {
-    std::ofstream out(file);
-    out << model.ToText();
-    // Checked at init (Config::ValidateForJob); a failure now is only worth a warning.
-    if (!out) FUSECOMM_LOG(kWarning, "could not write the calibration file '" << file << "'");
-  }
-  return model;
+MpiProcessGroup::MpiProcessGroup(MPI_Comm comm) : comm_(comm) {
+  CheckMpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  CheckMpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
 }
 
-std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config,
-                                             Timeline* timeline) {
-  auto control = std::make_unique<MpiControlChannel>(Dup(comm));
-  auto data = std::make_unique<MpiComm>(Dup(comm), true);
-  Topology topo = BuildTopology(*data, config);
-  topo.global = data.get();
-  topo.cost_model = LoadOrCalibrate(id, topo, config);
-  if (config.autotune) topo.tuner = std::make_shared<AutoTuner>();
-  return std::make_unique<ProcessSetWorker>(id, std::move(control), std::move(data),
-                                            std::move(topo), config, timeline);
+MpiProcessGroup::~MpiProcessGroup() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  // With a dead peer, freeing a communicator may wait for it forever.
+  if (!finalized && !TransportAborted() && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<ControlChannel> MpiProcessGroup::NewControlChannel() {
+  return std::make_unique<MpiControlChannel>(Dup(comm_));
+}
+
+std::unique_ptr<Comm> MpiProcessGroup::NewDataComm() {
+  return std::make_unique<MpiComm>(Dup(comm_), true);
+}
+
+std::vector<int> MpiProcessGroup::NodeOfEachRank(int local_size) {
+  // Consecutive virtual nodes of FUSECOMM_LOCAL_SIZE ranks, or the real shared-memory node
+  // (identified by its lowest rank).
+  int node_id;
+  if (local_size > 0) {
+    node_id = rank_ / local_size * local_size;
+  } else {
+    MPI_Comm shared;
+    CheckMpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared),
+             "MPI_Comm_split_type");
+    MpiComm node(shared, true);
+    node_id = rank_;
+    node.NativeAllreduce(&node_id, 1, DataType::kInt32, ReduceOp::kMin);
+  }
+  MpiComm group(comm_, false);
+  std::vector<int> node_of(size_);
+  group.NativeAllgatherv(&node_id, sizeof(int), node_of.data(),
+                         std::vector<size_t>(size_, sizeof(int)));
+  return node_of;
+}
+
+std::unique_ptr<ProcessGroup> MpiProcessGroup::Subgroup(const std::vector<int>& ranks) {
+  MPI_Comm sub = MakeGlobalComm(comm_, ranks);
+  if (sub == MPI_COMM_NULL) return nullptr;
+  return std::make_unique<MpiProcessGroup>(sub);
+}
+
+std::unique_ptr<Liveness> MpiProcessGroup::StartLiveness(double timeout_seconds) {
+  // A beat well inside the timeout, so one late beat is no alarm.
+  return std::make_unique<LivenessMonitor>(comm_, std::min(1.0, timeout_seconds / 5),
+                                           timeout_seconds);
+}
+
+std::unique_ptr<StartupWatch> MpiBootstrap::WatchStartup(double liveness_timeout_seconds,
+                                                         double init_timeout_seconds) {
+  return std::make_unique<InitWatchdog>(liveness_timeout_seconds, init_timeout_seconds);
+}
+
+std::unique_ptr<ProcessGroup> MpiBootstrap::Start() {
+  EnsureMpiInitialized();
+  MPI_Comm global = MakeGlobalComm(base_, ranks_);
+  if (global == MPI_COMM_NULL) {
+    throw InvalidArgument("this rank is not among the ranks given to init()");
+  }
+  return std::make_unique<MpiProcessGroup>(global);
 }
 
 }  // namespace fusecomm

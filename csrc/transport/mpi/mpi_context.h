@@ -1,5 +1,5 @@
-// MPI start-up and the communicators of a process set: a control channel, a data-plane comm
-// and the topology sub-communicators, all built once.
+// The MPI transport's Bootstrap: MPI start-up (bounded by a watchdog), the groups of process
+// sets as MPI communicators, and their control channels, data comms and heartbeats.
 #pragma once
 
 #include <mpi.h>
@@ -11,9 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "collectives/topology.h"
-#include "common/config.h"
-#include "engine/process_set_worker.h"
+#include "transport/bootstrap.h"
 
 namespace fusecomm {
 
@@ -23,6 +21,9 @@ void EnsureMpiInitialized();
 // Finalizes MPI at process exit if fusecomm initialized it.
 void FinalizeMpiIfOwned();
 std::string MpiLibraryVersion();
+// Whether this MPI moves device memory itself: "yes", "no", "yes (compile time)" (asked before
+// MPI_Init) or "unknown" (an MPI that cannot tell).
+std::string MpiCudaAwareness();
 
 // Bounds init(). MPI_Init and the first communicator duplications wait inside MPI for every
 // rank, where no error can reach them: a rank that never calls init(), or dies before the
@@ -32,16 +33,16 @@ std::string MpiLibraryVersion();
 // when the heartbeat declares a peer dead (the process ends if init cannot throw within a
 // grace period, naming that peer).
 // liveness_timeout_seconds <= 0 (liveness off) disables the watchdog. Destruction disarms it.
-class InitWatchdog {
+class InitWatchdog : public StartupWatch {
  public:
   // Exit status of a process the watchdog ends.
   static constexpr int kExitStatus = 1;
 
   InitWatchdog(double liveness_timeout_seconds, double init_timeout_seconds);
-  ~InitWatchdog();
+  ~InitWatchdog() override;
   InitWatchdog(const InitWatchdog&) = delete;
   InitWatchdog& operator=(const InitWatchdog&) = delete;
-  void HeartbeatStarted();
+  void HeartbeatStarted() override;
 
  private:
   void Loop(double limit_seconds, const std::string& rank, const std::string& launcher);
@@ -53,19 +54,40 @@ class InitWatchdog {
   std::thread thread_;
 };
 
-// Every rank's init outcome, agreed: `mine` is this rank's error ("" when it succeeded). Returns
-// "" when every rank succeeded, else one message naming each failing rank and its error, the
-// same on every rank. Collective over `comm`; its wait gives up when the heartbeat declares a
-// peer dead (CollectiveError).
-std::string AgreeOnInitErrors(MPI_Comm comm, const std::string& mine);
+// The ranks of a process set as an MPI communicator (owned; freed unless MPI is finalized or
+// a dead peer could hold the free).
+class MpiProcessGroup : public ProcessGroup {
+ public:
+  explicit MpiProcessGroup(MPI_Comm comm);
+  ~MpiProcessGroup() override;
+  MpiProcessGroup(const MpiProcessGroup&) = delete;
+  MpiProcessGroup& operator=(const MpiProcessGroup&) = delete;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::unique_ptr<ControlChannel> NewControlChannel() override;
+  std::unique_ptr<Comm> NewDataComm() override;
+  std::vector<int> NodeOfEachRank(int local_size) override;
+  std::unique_ptr<ProcessGroup> Subgroup(const std::vector<int>& ranks) override;
+  std::unique_ptr<Liveness> StartLiveness(double timeout_seconds) override;
 
-// The communicator for the global process set: a duplicate of `base` (MPI_COMM_WORLD, the
-// caller's mpi4py communicator, or the group of `ranks` of MPI_COMM_WORLD).
-MPI_Comm MakeGlobalComm(MPI_Comm base, const std::vector<int>& ranks);
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+};
 
-// Builds a worker for the process set whose members call this with `comm` (which is duplicated,
-// not taken). Collective over `comm`.
-std::unique_ptr<ProcessSetWorker> MakeWorker(int id, MPI_Comm comm, const Config& config,
-                                             Timeline* timeline);
+// Starts on `base` (MPI_COMM_WORLD, or the caller's mpi4py communicator), restricted to `ranks`
+// of it when not empty; ranks outside take no part.
+class MpiBootstrap : public Bootstrap {
+ public:
+  MpiBootstrap(MPI_Comm base, std::vector<int> ranks) : base_(base), ranks_(std::move(ranks)) {}
+  std::unique_ptr<StartupWatch> WatchStartup(double liveness_timeout_seconds,
+                                             double init_timeout_seconds) override;
+  std::unique_ptr<ProcessGroup> Start() override;
+
+ private:
+  MPI_Comm base_;
+  std::vector<int> ranks_;
+};
 
 }  // namespace fusecomm

@@ -4,7 +4,7 @@
 
 #include <mpi.h>
 
-#include "engine/control_channel.h"
+#include "transport/control_channel.h"
 
 namespace fusecomm {
 

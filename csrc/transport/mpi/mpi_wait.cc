@@ -13,11 +13,6 @@
 namespace fusecomm {
 
 namespace {
-std::atomic<bool> g_aborted{false};
-std::mutex g_reason_mutex;
-std::string g_reason;
-thread_local double t_data_timeout_seconds = 0;
-
 using Clock = std::chrono::steady_clock;
 
 // Polls until every request is done. Returns false when `timeout_seconds` > 0 passed with no
@@ -66,28 +61,12 @@ bool Poll(MPI_Request* requests, int count, const char* call, int max_sleep_us,
 }
 }  // namespace
 
-void AbortTransport(const std::string& reason) {
-  std::lock_guard<std::mutex> lock(g_reason_mutex);
-  if (g_aborted) return;  // the first cause is the one worth reporting
-  g_reason = reason;
-  g_aborted = true;
-}
-
-bool TransportAborted() { return g_aborted.load(std::memory_order_relaxed); }
-
-std::string TransportAbortReason() {
-  std::lock_guard<std::mutex> lock(g_reason_mutex);
-  return g_reason;
-}
-
-void BoundDataWaits(double seconds) { t_data_timeout_seconds = seconds; }
-
 void WaitPolling(MPI_Request* requests, int count, const char* call, int max_sleep_us) {
   Poll(requests, count, call, max_sleep_us, 0);
 }
 
 void WaitData(MPI_Request* requests, int count, const std::string& what) {
-  const double timeout = t_data_timeout_seconds;
+  const double timeout = DataWaitBound();
   std::string reason;
   try {
     if (Poll(requests, count, "MPI_Testsome", /*max_sleep_us=*/0, timeout)) return;

@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "common/errors.h"
-#include "transport/mpi/mpi_wait.h"
+#include "transport/abort.h"
 #include "transport/nccl/nccl_api.h"
 
 namespace fusecomm {

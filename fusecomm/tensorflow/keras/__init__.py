@@ -19,7 +19,8 @@ from fusecomm.tensorflow.compression import Compression
 from fusecomm.tensorflow.functions import (allgather_object, broadcast_object,  # noqa: F401
                                            broadcast_variables)
 from fusecomm.tensorflow.gradient_tape import GradientReducer, check_groups
-from fusecomm.tensorflow.keras import callbacks  # noqa: F401
+from fusecomm.tensorflow.keras import callbacks, layers  # noqa: F401
+from fusecomm.tensorflow.keras.layers import SyncBatchNormalization  # noqa: F401
 
 
 class _DistributedOptimizer:

@@ -93,6 +93,23 @@ def _momentum_slots(optimizer):
     return []
 
 
+def _set_lr(callback, new_lr, momentum_correction):
+    """Sets the rate of the callback's model's optimizer; with momentum_correction, momentum
+    buffers are scaled by new/old rate (Goyal et al.), which makes Keras' velocity (which
+    carries the rate) behave as torch's buffer (which does not)."""
+    optimizer = callback.model.optimizer
+    old_lr = _get_lr(optimizer)
+    try:
+        optimizer.learning_rate = new_lr
+    except TypeError as e:  # a LearningRateSchedule: Keras refuses to overwrite it
+        raise TypeError(f"{type(callback).__name__} sets the learning rate, so the optimizer "
+                        f"needs a float learning_rate, not a schedule ({e})") from None
+    new_lr = _get_lr(optimizer)  # as the optimizer holds it (float32)
+    if momentum_correction and old_lr > 0 and new_lr != old_lr:
+        for slot in _momentum_slots(optimizer):
+            slot.assign(slot * (new_lr / old_lr))
+
+
 class LearningRateScheduleCallback(keras.callbacks.Callback):
     """Sets the learning rate to initial_lr * multiplier(epoch) from start_epoch up to (not
     including) end_epoch. `multiplier` is a constant (then lr = initial_lr *
@@ -132,17 +149,7 @@ class LearningRateScheduleCallback(keras.callbacks.Callback):
         return steps
 
     def _adjust_learning_rate(self, epoch):
-        optimizer = self.model.optimizer
-        old_lr = _get_lr(optimizer)
-        new_lr = self.initial_lr * self.multiplier(epoch)
-        try:
-            optimizer.learning_rate = new_lr
-        except TypeError as e:  # a LearningRateSchedule: Keras refuses to overwrite it
-            raise TypeError(f"{type(self).__name__} sets the learning rate, so the optimizer "
-                            f"needs a float learning_rate, not a schedule ({e})") from None
-        if self.momentum_correction and old_lr > 0 and new_lr != old_lr:
-            for slot in _momentum_slots(optimizer):
-                slot.assign(slot * (new_lr / old_lr))
+        _set_lr(self, self.initial_lr * self.multiplier(epoch), self.momentum_correction)
 
     def on_train_begin(self, logs=None):
         if not self.staircase and not self.steps_per_epoch:
@@ -190,6 +197,95 @@ class LearningRateWarmupCallback(LearningRateScheduleCallback):
         if epoch == self.end_epoch - 1 and self.verbose > 0 and rank() == 0:
             print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
                   f"{_get_lr(self.model.optimizer):g}.")
+
+
+class BatchSizeControlCallback(keras.callbacks.Callback):
+    """Batch-size control (Mikami et al.) for model.fit: a fusecomm.optim.BatchSizePlan's global
+    batch and learning rate, epoch by epoch, by the same rules as
+    fusecomm.torch.optim.BatchSizeController.
+
+        plan = fusecomm.optim.BatchSizePlan([(0, 256), (10, 1024)], ranks=hvd.size(),
+                                            base_lr=0.1, base_batch=256, warmup_epochs=2)
+        control = hvd.callbacks.BatchSizeControlCallback(plan)
+        model.fit(control.dataset(x, y), epochs=20, callbacks=[control, ...])
+
+    `dataset(x, y)` (the whole dataset, the same arrays on every rank) is a tf.data.Dataset
+    that, in each epoch, yields this rank's share (plan.rank_share) of the epoch's global
+    batches: the samples in a per-epoch order drawn from `seed` (the same on every rank; the
+    dataset order itself without `shuffle`), steps_in_epoch of them, the remainder dropped.
+    Before every batch the optimizer's rate becomes plan.lr_at(epoch, batch, steps), with
+    momentum_correction as for LearningRateScheduleCallback. The epoch's logs get "lr" and
+    "global_batch". The optimizer needs a float learning_rate (not a schedule).
+
+    Keras compiles the training step for a fixed number of passes, so this face does not
+    accumulate micro-batches: a plan whose stages need backward_passes > 1 (max_rank_batch) is
+    refused. (Keras logs "Your input ran out of data" at the end of each epoch: the epochs have
+    different numbers of steps.)"""
+
+    def __init__(self, plan, momentum_correction=True, shuffle=True, seed=0):
+        super().__init__()
+        accumulating = [s for s in plan.stages if s.backward_passes != 1]
+        if accumulating:
+            raise ValueError(f"the stage from epoch {accumulating[0].start_epoch} accumulates "
+                             f"{accumulating[0].backward_passes} micro-batches per step, which "
+                             "the Keras batch-size control does not do: give the plan no "
+                             "max_rank_batch, or one every stage's rank_batch fits")
+        self.plan = plan
+        self.momentum_correction = momentum_correction
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = None
+        self._dataset_size = None
+
+    def epoch_order(self, epoch):
+        """The sample order of `epoch` (a permutation of range(dataset size))."""
+        if not self.shuffle:
+            return np.arange(self._dataset_size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self._dataset_size)
+
+    def dataset(self, x, y=None, sample_weight=None):
+        import tensorflow as tf
+
+        arrays = [np.asarray(a) for a in (x, y, sample_weight) if a is not None]
+        sizes = {len(a) for a in arrays}
+        if len(sizes) != 1:
+            raise ValueError(f"x, y and sample_weight have different lengths: {sorted(sizes)}")
+        self._dataset_size = sizes.pop()
+
+        def batches():
+            # Runs when Keras starts reading an epoch, after on_epoch_begin set self.epoch.
+            if self.epoch is None:
+                raise RuntimeError("BatchSizeControlCallback.dataset() is read by model.fit "
+                                   "with the callback in its callbacks")
+            order = self.epoch_order(self.epoch)
+            for step in range(self.plan.steps_in_epoch(self.epoch, self._dataset_size)):
+                rows = self.plan.rank_share(self.epoch, step, rank(), order)
+                yield tuple(a[rows] for a in arrays)
+
+        signature = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype))
+                          for a in arrays)
+        return tf.data.Dataset.from_generator(batches, output_signature=signature)
+
+    def on_train_begin(self, logs=None):
+        if self.plan.ranks != size():
+            raise ValueError(f"the plan is for {self.plan.ranks} ranks; this job has {size()}")
+        if self._dataset_size is None:
+            raise ValueError("train on BatchSizeControlCallback.dataset(x, y): the callback "
+                             "picks each epoch's batches")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._steps = self.plan.steps_in_epoch(epoch, self._dataset_size)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch < self._steps:  # Keras asks once more, past the end of a shorter epoch
+            _set_lr(self, self.plan.lr_at(self.epoch, batch, self._steps),
+                    self.momentum_correction)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = _get_lr(self.model.optimizer)
+            logs["global_batch"] = self.plan.at_epoch(epoch).global_batch
 
 
 class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):

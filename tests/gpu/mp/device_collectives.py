@@ -1,6 +1,7 @@
 """Every collective on CUDA tensors through fusecomm.torch, checked element by element on every
 rank against a NumPy reference rebuilt from every rank's data: allreduce (every dtype and op,
-sizes 0, 1, primes, not divisible by the rank count; one at a time and fused), broadcast from
+sizes 0, 1, primes, not divisible by the rank count; one at a time and fused), Adasum (against
+the pairwise formula of tests/mp/adasum_reference.py), broadcast from
 every root, allgather and alltoall with uneven (and empty) parts, reducescatter with rows not
 divisible by the rank count. Results must come back on the caller's GPU.
 
@@ -15,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "mp"))
 from torch_util import (DTYPES, SIZES, all_ranks, expect_close, expect_equal,  # noqa: E402
                         rank_tensor, run_main, scatter_rows, setup)
+from adasum_reference import adasum_tree  # noqa: E402
 
 hvd, R, N, DEV = None, None, None, None
 OPS = ["Sum", "Average", "Min", "Max", "Product"]
@@ -80,6 +82,23 @@ def check_allreduce():
               f"grouped_allreduce {i}")
 
 
+def check_adasum():
+    """op=Adasum on CUDA tensors (staged through host memory on every transport): one at a time
+    and fused, zero-sized included, against the pairwise formula over the ranks' data."""
+    pending = []
+    for di, dtype in enumerate((torch.float16, torch.float32, torch.float64)):
+        for count in (0, 1, 13, 3 * N + 1, 1021):
+            seed = [8, di, count]
+            x = on_gpu(rank_tensor(seed, R, (count,), dtype))
+            pending.append((seed, count, dtype, hvd.allreduce_async(x, op=hvd.Adasum)))
+    for seed, count, dtype, handle in pending:
+        out = hvd.synchronize(handle)
+        np_dtype = str(dtype).replace("torch.", "")
+        want = adasum_tree([t.double().numpy() for t in all_ranks(seed, range(N), (count,),
+                                                                   dtype)], np_dtype)
+        check(out, torch.from_numpy(want), f"Adasum {dtype} n={count}", close=True)
+
+
 def check_broadcast():
     for di, dtype in enumerate(DTYPES):
         for root in range(N):
@@ -140,8 +159,8 @@ def main():
     hvd, R, N = setup()
     torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
     DEV = torch.device("cuda", torch.cuda.current_device())
-    for check_fn in (check_allreduce, check_broadcast, check_allgather, check_reducescatter,
-                     check_alltoall):
+    for check_fn in (check_allreduce, check_adasum, check_broadcast, check_allgather,
+                     check_reducescatter, check_alltoall):
         check_fn()
     # Work queued on the caller's stream before submission is seen by the collective.
     x = torch.zeros(1 << 20, device=DEV)

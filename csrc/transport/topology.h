@@ -1,11 +1,10 @@
-// The communicators an algorithm may use, built once at init (never per call).
+// The communicators an algorithm may use, built once at init (never per call). Communicators
+// only: which algorithm runs is the selector's business (collectives/dispatch.h).
 #pragma once
 
 #include <memory>
 #include <vector>
 
-#include "collectives/auto_tuner.h"
-#include "collectives/cost_model.h"
 #include "transport/comm.h"
 
 namespace fusecomm {
@@ -29,12 +28,6 @@ struct Topology {
   bool homogeneous = true;
   // node_sizes[i]: ranks on node i (nodes ordered by their lowest global rank).
   std::vector<int> node_sizes;
-  // Measured at init; `auto` chooses algorithms with it.
-  CostModel cost_model;
-  // Measures `auto`'s candidates per size class at first use; null: the model alone chooses
-  // (FUSECOMM_AUTOTUNE=0). Shared, not copied, by a topology split from this one.
-  std::shared_ptr<AutoTuner> tuner;
-
   int local_rank() const { return local ? local->rank() : 0; }
   int local_size() const { return local ? local->size() : 1; }
   int cross_rank() const { return cross ? cross->rank() : 0; }

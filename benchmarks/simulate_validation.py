@@ -1,0 +1,215 @@
+"""`fusecomm simulate` against the all-reduce times the project measured.
+
+Measurements: docs/bench/allreduce_*.jsonl (one machine, 2 and 4 ranks, shared memory) and
+docs/bench/testbed/testbed_*.jsonl (`fusecomm testbed`: nodes joined by tbf-shaped links).
+
+Parameters, fitted on as little as possible and then held fixed:
+- intra-node α and β (γ folded into β): the 2-rank one-node ring (allreduce_2r_L1, 64 KiB and
+  up) fitted to T = 2α + n·β in log error;
+- inter-node β: the testbed's nominal link rate (1 or 10 Gbit/s per node, full duplex);
+- inter-node α: the one value that best fits the 2x2 1 Gbit/s ring (log error, 64 KiB and up).
+Everything else (other algorithms, other configurations) is predicted, not fitted.
+
+Fresh testbed runs (docs/simulate_testbed/, made with
+
+    FUSECOMM_CALIBRATION_FILE=docs/simulate_testbed/cal_2x2_1gbit.txt \
+      python benchmarks/testbed_allreduce.py --out docs/simulate_testbed --configs 2x2 \
+      --links 1gbit --min-bytes 64K --max-bytes 16M --step-factor 16 --what allreduce
+
+as root) are predicted twice: with the nominal links above, and from the calibration fusecomm
+measured at init in that very run (`--calibration`'s path).
+
+    python benchmarks/simulate_validation.py --out docs/simulate_validation.json
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from fusecomm.simulate import Cluster, link_beta, simulate_allreduce
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ALGS = ("ring", "rhd", "hierarchical", "hierarchical_scatter", "torus2d")
+MIN_BYTES = 64 << 10
+
+
+def load(path):
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            impl = r["impl"].split(":")[-1]
+            if r["impl"].startswith("fusecomm:") and impl in ALGS and r["size"] >= MIN_BYTES:
+                rows[(impl, r["size"])] = r["time_us"] * 1e-6
+    return rows
+
+
+def fit_intra():
+    rows = load(os.path.join(ROOT, "docs/bench/allreduce_2r_L1.jsonl"))
+    sizes = sorted(s for a, s in rows if a == "ring")
+    n = np.array(sizes, dtype=float)
+    t = np.array([rows[("ring", s)] for s in sizes])
+    best = None
+    for alpha in np.geomspace(1e-6, 1e-3, 40):  # log error: small sizes count as much as large
+        for beta in np.geomspace(1e-11, 1e-8, 60):
+            score = float(np.sum(np.square(np.log((2 * alpha + n * beta) / t))))
+            if best is None or score < best[0]:
+                best = (score, alpha, beta)
+    return best[1], best[2]
+
+
+def predict(config, intra, alpha_inter, segment=512 << 10):
+    nodes, k, beta_inter = config
+    return Cluster(nodes, k, alpha_intra=intra[0], beta_intra=intra[1], alpha_inter=alpha_inter,
+                   beta_inter=beta_inter, gamma=0.0, segment_bytes=segment)
+
+
+def fit_alpha_inter(measured, intra, config):
+    candidates = np.geomspace(1e-6, 5e-3, 60)
+    best = None
+    for a in candidates:
+        cluster = predict(config, intra, a)
+        err = [np.log(simulate_allreduce(cluster, s, "ring")["seconds"] / t)
+               for (alg, s), t in measured.items() if alg == "ring"]
+        score = float(np.sum(np.square(err)))
+        if best is None or score < best[1]:
+            best = (a, score)
+    return best[0]
+
+
+CONFIGS = [  # name, file, (nodes, ranks per node, inter β)
+    ("one node, 2 ranks (fit)", "docs/bench/allreduce_2r_L1.jsonl", (1, 2, None)),
+    ("one node, 4 ranks", "docs/bench/allreduce_4r_Lnode.jsonl", (1, 4, None)),
+    ("one machine, 2 virtual nodes x 2", "docs/bench/allreduce_4r_L2.jsonl", (2, 2, None)),
+    ("testbed 2x2, 1 Gbit/s (α fit)", "docs/bench/testbed/testbed_2x2_1gbit.jsonl",
+     (2, 2, link_beta("1gbit"))),
+    ("testbed 3x2, 1 Gbit/s", "docs/bench/testbed/testbed_3x2_1gbit.jsonl",
+     (3, 2, link_beta("1gbit"))),
+    ("testbed 2x4, 1 Gbit/s", "docs/bench/testbed/testbed_2x4_1gbit.jsonl",
+     (2, 4, link_beta("1gbit"))),
+    ("testbed 2x2, 10 Gbit/s", "docs/bench/testbed/testbed_2x2_10gbit.jsonl",
+     (2, 2, link_beta("10gbit"))),
+]
+
+
+def compare(name, measured, cluster):
+    """Rows of predicted against measured per size and algorithm, and the order per size."""
+    rows = []
+    for size in sorted({s for _, s in measured}):
+        here = {a: measured[(a, size)] for a in ALGS if (a, size) in measured}
+        pred = {a: simulate_allreduce(cluster, size, a)["seconds"] for a in here}
+        order_meas = sorted(here, key=here.get)
+        order_pred = sorted(pred, key=pred.get)
+        for a in here:
+            rows.append({"config": name, "size": size, "algorithm": a,
+                         "measured_s": here[a], "predicted_s": pred[a],
+                         "error": pred[a] / here[a] - 1})
+        rows.append({"config": name, "size": size, "algorithm": "(order)",
+                     "measured_best": order_meas[0], "predicted_best": order_pred[0],
+                     # Ties within the noise count: the predicted best measured within 10% of
+                     # the measured best.
+                     "best_matches": here[order_pred[0]] <= 1.1 * here[order_meas[0]],
+                     "measured_order": order_meas, "predicted_order": order_pred})
+    return rows
+
+
+def summary_line(name, rows):
+    errs = [abs(r["error"]) for r in rows if r["config"] == name and "error" in r]
+    orders = [r for r in rows if r["config"] == name and r["algorithm"] == "(order)"]
+    sizes = sorted({r["size"] for r in orders})
+    return (f"| {name} | {_kib(sizes[0])}–{_kib(sizes[-1])} | {np.median(errs):.0%} | "
+            f"{max(errs):.0%} | {sum(e <= 0.2 for e in errs)}/{len(errs)} | "
+            f"{sum(r['best_matches'] for r in orders)}/{len(orders)} |")
+
+
+def fresh_configs(directory, intra, alpha_inter):
+    """(name, measured, cluster) for every testbed_NxK_LINK.jsonl in `directory`: once with the
+    nominal links, once with the calibration fusecomm measured on it (cal_NxK_LINK.txt)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(directory, "testbed_*x*_*.jsonl"))):
+        shape, link = os.path.basename(path)[len("testbed_"):-len(".jsonl")].split("_", 1)
+        nodes, k = (int(v) for v in shape.split("x"))
+        measured = load(path)
+        name = f"fresh testbed {shape}, {link}"
+        out.append((name + ", nominal links", measured,
+                    predict((nodes, k, link_beta(link)), intra, alpha_inter)))
+        calibration = os.path.join(directory, f"cal_{shape}_{link}.txt")
+        if os.path.exists(calibration):
+            with open(calibration) as f:
+                cluster = Cluster.from_calibration(f.read(), nodes, k)
+            out.append((name + ", its calibration", measured, cluster))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--figure", help="also draw the ResNet-50 scaling figure here (PNG)")
+    parser.add_argument("--fresh", default=os.path.join(ROOT, "docs/simulate_testbed"),
+                        help="a directory of new testbed runs (testbed_allreduce.py --out DIR, "
+                             "run with FUSECOMM_CALIBRATION_FILE=DIR/cal_NxK_LINK.txt)")
+    args = parser.parse_args(argv)
+    intra = fit_intra()
+    testbed_fit = load(os.path.join(ROOT, CONFIGS[3][1]))
+    alpha_inter = fit_alpha_inter(testbed_fit, intra, CONFIGS[3][2])
+    print(f"fitted: intra α={intra[0]:.3g} s β={intra[1]:.3g} s/B; inter α={alpha_inter:.3g} s; "
+          f"inter β = the link's nominal rate")
+    configs = []
+    for name, path, (nodes, k, beta_inter) in CONFIGS:
+        config = (nodes, k, beta_inter if beta_inter is not None else intra[1])
+        a_inter = alpha_inter if beta_inter is not None else intra[0]
+        configs.append((name, load(os.path.join(ROOT, path)), predict(config, intra, a_inter)))
+    if os.path.isdir(args.fresh):
+        configs += fresh_configs(args.fresh, intra, alpha_inter)
+    rows = []
+    print("| configuration | sizes | median abs error | max abs error | within 20% | "
+          "predicted best within 10% of measured best |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, measured, cluster in configs:
+        rows += compare(name, measured, cluster)
+        print(summary_line(name, rows))
+    if args.figure:
+        resnet50_figure(args.figure)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"intra_alpha": intra[0], "intra_beta": intra[1],
+                       "inter_alpha": alpha_inter, "rows": rows}, f, indent=1)
+    return 0
+
+
+def resnet50_figure(path):
+    """Predicted all-reduce time of ResNet-50's gradient (25,557,032 fp32 parameters, one fused
+    buffer) vs GPUs on the V100/EDR preset, per algorithm; returns the rows."""
+    from fusecomm.simulate import PRESETS, resnet50_gradients
+    from fusecomm.simulate.cli import plot
+
+    nbytes = 4 * sum(g.elems for g in resnet50_gradients())
+    rows = []
+    for p in [8 << i for i in range(10)]:
+        cluster = Cluster.for_ranks(p, 8, **PRESETS["v100-edr"])
+        for a in ALGS + ("auto",):
+            rows.append(simulate_allreduce(cluster, nbytes, a))
+        if p >= 64:
+            row = simulate_allreduce(cluster, nbytes, "torus2d", torus_x=32)
+            rows.append(dict(row, algorithm="torus2d X=32"))
+    plot(rows, path, by_ranks=True,
+         title=f"ResNet-50 gradient ({nbytes / 1e6:.0f} MB fp32), 8 V100/node: NVLink "
+               f"β=1e-11 s/B, EDR 100 Gbit/s β=8e-11 s/B, α=5 µs")
+    for p in sorted({r["ranks"] for r in rows}):
+        here = {r["algorithm"]: r for r in rows if r["ranks"] == p}
+        ranked = sorted((r["seconds"], a) for a, r in here.items() if a != "auto")
+        print(f"{p:5d} GPUs: " + ", ".join(f"{a} {t * 1e3:.2f} ms ({here[a]['steps']} steps)"
+                                          for t, a in ranked)
+              + f"; auto -> {here['auto']['picked']}")
+    return rows
+
+
+def _kib(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
