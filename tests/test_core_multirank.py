@@ -131,3 +131,12 @@ def test_rank_failing_inside_a_collective_stops_every_rank(ranks, victim):
         if "FAILED AS EXPECTED" in line:
             seconds = float(line.split("after ")[1].split("s:")[0])
             assert seconds < 15, line  # 3 s liveness + slack for a loaded machine
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_callers_and_engine_threads_share_the_cycles(ranks):
+    """Synchronous, asynchronous and grouped all-reduces from several threads per rank, on the
+    global set, one-rank sets and a sub-set: whichever thread runs a cycle, results are exact."""
+    seed = test_seed()
+    out = run_ranks("core_handoff.py", ranks, seed, timeout=300)
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"

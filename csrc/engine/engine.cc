@@ -432,6 +432,7 @@ int64_t Engine::Submit(int process_set, Request request) {
     id = next_handle_++;
     request.handle = std::make_shared<HandleState>();
     request.handle->waiters = worker->wait_counter();
+    request.handle->driver = worker;
     handles_[id] = request.handle;
   }
   try {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "common/errors.h"
 #include "common/logging.h"
@@ -10,6 +13,8 @@
 namespace fusecomm {
 
 namespace {
+// How long the engine thread leaves new work to its submitter (see Loop).
+constexpr std::chrono::microseconds kHandOffGrace{50};
 Topology WithGlobal(Topology topology, Comm* global) {
   topology.global = global;
   return topology;
@@ -46,28 +51,38 @@ void ProcessSetWorker::Submit(Request request) {
     if (request.spec.op_type == OpType::kJoin) {
       if (join_handle_) throw InvalidArgument("join() is already in progress on this rank");
       join_handle_ = request.handle;
-      wake_.notify_one();
-      return;
-    }
-    if (join_handle_) {
-      throw InvalidArgument("this rank has called join(); it cannot submit '" +
-                            request.spec.name + "' until every rank has joined");
-    }
-    const std::string& name = request.spec.name;
-    if (!in_flight_.insert(name).second) {
-      if (rejected_.count(name)) {
-        throw InvalidArgument("a collective named '" + name + "' was rejected on this rank and "
-                              "stays in flight until the other ranks submit '" + name +
-                              "' (so that they fail too, not stall); use another name");
+    } else {
+      if (join_handle_) {
+        throw InvalidArgument("this rank has called join(); it cannot submit '" +
+                              request.spec.name + "' until every rank has joined");
       }
-      throw InvalidArgument("a collective named '" + name +
-                            "' is already in flight on this rank; wait for it or use another name");
+      const std::string& name = request.spec.name;
+      if (!in_flight_.insert(name).second) {
+        if (rejected_.count(name)) {
+          throw InvalidArgument("a collective named '" + name + "' was rejected on this rank "
+                                "and stays in flight until the other ranks submit '" + name +
+                                "' (so that they fail too, not stall); use another name");
+        }
+        throw InvalidArgument("a collective named '" + name +
+                              "' is already in flight on this rank; wait for it or use another "
+                              "name");
+      }
+      if (!request.spec.argument_error.empty()) rejected_.insert(name);
+      if (request.spec.device >= 0) device_seen_ = true;
+      // MG-WFBP's ready time: when the caller submitted (the engine thread may take several
+      // submissions in at once when it wakes late).
+      request.submitted = std::chrono::steady_clock::now();
+      (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
+      if (group_depth_ > 0) return;
     }
-    if (!request.spec.argument_error.empty()) rejected_.insert(name);
-    request.submitted = std::chrono::steady_clock::now();
-    (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
-    if (group_depth_ > 0) return;
   }
+  Wake();
+}
+
+void ProcessSetWorker::Wake() {
+  // Alone in the set, nothing is negotiated: the submitting thread completes the request at
+  // once, and the engine thread stays asleep (it would compete with the caller's compute).
+  if (size() == 1 && DriveCycle(nullptr, std::chrono::milliseconds(0))) return;
   wake_.notify_one();
 }
 
@@ -84,7 +99,7 @@ void ProcessSetWorker::EndGroup() {
     for (Request& request : held_) queue_.push_back(std::move(request));
     held_.clear();
   }
-  wake_.notify_one();
+  Wake();
 }
 
 void ProcessSetWorker::ReleaseName(const std::string& name) {
@@ -115,80 +130,153 @@ bool ProcessSetWorker::Blocked(const PendingTable& pending) const {
   return quiet.count() >= config_.deadlock_seconds;
 }
 
+bool ProcessSetWorker::WorkQueued() const {
+  return !queue_.empty() || shutdown_requested_ || (join_handle_ && !join_taken_);
+}
+
+bool ProcessSetWorker::DriveCycle(HandleState* waiting, std::chrono::milliseconds max_wait) {
+  if (device_seen_.load(std::memory_order_relaxed)) return false;
+  std::unique_lock<std::timed_mutex> cycle_lock(cycle_mutex_, std::defer_lock);
+  if (!(max_wait.count() > 0 ? cycle_lock.try_lock_for(max_wait) : cycle_lock.try_lock()) ||
+      stopped_) {
+    return false;
+  }
+  // The engine thread's cycle may have completed it while this thread waited for the lock.
+  if (waiting && waiting->Done()) return true;
+  BoundDataWaits(config_.data_timeout_seconds);
+  CycleOnce();
+  return true;
+}
+
+std::chrono::microseconds ProcessSetWorker::CycleTime() const {
+  return std::chrono::microseconds(static_cast<int64_t>(config_.cycle_time_ms * 1000));
+}
+
 void ProcessSetWorker::Loop() {
+#ifdef __linux__
+  // Its negotiation waits sleep in steps of microseconds, which the default 50 us timer slack
+  // would stretch to 50 us each.
+  prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+#endif
   // Every rank of the set is running by now, so a data wait that sees no progress for this
   // long is a collective a peer is not in: a named error instead of a hang.
   BoundDataWaits(config_.data_timeout_seconds);
-  PendingTable pending;
-  const auto cycle = std::chrono::duration<double, std::milli>(config_.cycle_time_ms);
-  std::string reason;
-  try {
-    while (true) {
-      int shutdown_requested;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
+  const auto cycle = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double, std::milli>(config_.cycle_time_ms));
+  auto next_cycle = std::chrono::steady_clock::now() + cycle;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      auto woken = [this] { return WorkQueued() || stopped_; };
+      if (size() == 1) {
+        // Alone, nobody waits for this rank's cycles: sleep until there is work.
+        wake_.wait(lock, woken);
+      } else {
         // A submission wakes the cycle at once; otherwise run one every cycle time so peers
         // waiting on this rank's bits make progress.
-        wake_.wait_for(lock, cycle, [this] { return !queue_.empty() || shutdown_requested_; });
-        for (Request& request : queue_) {
-          PendingEntry entry;
-          entry.sequence = next_sequence_++;
-          entry.submitted = std::chrono::steady_clock::now();
-          std::string name = request.spec.name;
-          if (timeline_->active()) {
-            timeline_->ActivityStart(name, std::string("NEGOTIATE_") +
-                                               OpTypeName(request.spec.op_type));
-          }
-          entry.request = std::move(request);
-          pending.emplace(std::move(name), std::move(entry));
-        }
-        if (!queue_.empty() || (join_handle_ && !controller_.joined())) {
-          last_activity_ = std::chrono::steady_clock::now();
-        }
-        queue_.clear();
-        shutdown_requested = shutdown_requested_;
-        if (join_handle_) controller_.Join();
+        wake_.wait_until(lock, next_cycle, woken);
       }
-      if (timeline_->active()) timeline_->MarkCycle();
-      CycleResult result = controller_.RunCycle(pending, shutdown_requested, Blocked(pending));
-      if (result.shutdown) {
-        reason = result.shutdown_rank == rank()
-                     ? "fusecomm has been shut down"
-                     : "fusecomm was shut down by rank " + std::to_string(result.shutdown_rank) +
-                           (result.shutdown_at_exit ? " (its process exited)" : " (it called shutdown())") +
-                           (id_ ? " in process set " + std::to_string(id_) : std::string());
-        break;
+      if (!queue_.empty() && !shutdown_requested_ && !stopped_) {
+        // Woken by a submission: the submitting thread usually waits on it next and drives
+        // the cycle itself (DriveCycle); a short grace lets it, so this thread does not race
+        // it for the core and the cycle. Asynchronous work still starts within the grace.
+        wake_.wait_for(lock, kHandOffGrace, [this] { return queue_.empty() || stopped_ ||
+                                                            shutdown_requested_; });
       }
-      if (!result.stall_error.empty()) {
-        reason = result.stall_error;
-        FUSECOMM_LOG(kError, reason);
-        break;
-      }
-      if (!result.responses.empty()) {
-        FUSECOMM_LOG(kTrace, "process set " << id_ << ": " << result.responses.size()
-                                            << " response(s) this cycle");
-      }
-      if (result.all_joined) {
-        std::shared_ptr<HandleState> handle;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          handle.swap(join_handle_);
-        }
-        if (handle) {
-          handle->last_joined_rank = result.last_joined_rank;
-          handle->Complete();
-        }
-        continue;
-      }
-      executor_.Execute(result.responses, pending, controller_.joined());
-      if (!result.responses.empty()) last_activity_ = std::chrono::steady_clock::now();
     }
+    std::lock_guard<std::timed_mutex> cycle_lock(cycle_mutex_);
+    if (stopped_) return;
+    bool queued;
+    {
+      // After the cycle lock: a caller's cycle may have taken the queue that woke this thread,
+      // and an extra cycle here would keep the peers waiting for it to be matched.
+      std::lock_guard<std::mutex> lock(mutex_);
+      queued = WorkQueued();
+    }
+    // A caller may have run the cycle meanwhile (DriveCycle): the next idle cycle is due a cycle
+    // time after the last one, whoever ran it.
+    next_cycle = last_cycle_ + cycle;
+    if (!queued && std::chrono::steady_clock::now() < next_cycle) continue;
+    if (!CycleOnce()) return;
+    next_cycle = last_cycle_ + cycle;
+  }
+}
+
+bool ProcessSetWorker::CycleOnce() {
+  last_cycle_ = std::chrono::steady_clock::now();
+  std::string reason;
+  try {
+    int shutdown_requested;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (Request& request : queue_) {
+        PendingEntry entry;
+        entry.sequence = next_sequence_++;
+        entry.submitted = last_cycle_;
+        std::string name = request.spec.name;
+        if (timeline_->active()) {
+          timeline_->ActivityStart(name, std::string("NEGOTIATE_") +
+                                             OpTypeName(request.spec.op_type));
+        }
+        entry.request = std::move(request);
+        pending_.emplace(std::move(name), std::move(entry));
+      }
+      if (!queue_.empty() || (join_handle_ && !controller_.joined())) last_activity_ = last_cycle_;
+      queue_.clear();
+      shutdown_requested = shutdown_requested_;
+      if (join_handle_) {
+        controller_.Join();
+        join_taken_ = true;
+      }
+    }
+    if (timeline_->active()) timeline_->MarkCycle();
+    CycleResult result = controller_.RunCycle(pending_, shutdown_requested, Blocked(pending_));
+    if (result.shutdown) {
+      reason = result.shutdown_rank == rank()
+                   ? "fusecomm has been shut down"
+                   : "fusecomm was shut down by rank " + std::to_string(result.shutdown_rank) +
+                         (result.shutdown_at_exit ? " (its process exited)" : " (it called shutdown())") +
+                         (id_ ? " in process set " + std::to_string(id_) : std::string());
+      Stop(reason);
+      return false;
+    }
+    if (!result.stall_error.empty()) {
+      FUSECOMM_LOG(kError, result.stall_error);
+      Stop(result.stall_error);
+      return false;
+    }
+    if (!result.responses.empty()) {
+      FUSECOMM_LOG(kTrace, "process set " << id_ << ": " << result.responses.size()
+                                          << " response(s) this cycle");
+    }
+    if (result.all_joined) {
+      std::shared_ptr<HandleState> handle;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        handle.swap(join_handle_);
+        join_taken_ = false;
+      }
+      if (handle) {
+        handle->last_joined_rank = result.last_joined_rank;
+        handle->Complete();
+      }
+      return true;
+    }
+    executor_.Execute(result.responses, pending_, controller_.joined());
+    if (!result.responses.empty()) last_activity_ = std::chrono::steady_clock::now();
+    return true;
   } catch (const std::exception& e) {
     reason = std::string("fusecomm stopped: ") + e.what();
     FUSECOMM_LOG(kError, reason);
   }
+  Stop(reason);
+  return false;
+}
+
+void ProcessSetWorker::Stop(const std::string& reason) {
   // Stop accepting work first, then fail what is left, so no request is stranded.
   std::vector<Request> leftover;
+  std::shared_ptr<HandleState> join_handle;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_reason_ = reason;
@@ -196,15 +284,17 @@ void ProcessSetWorker::Loop() {
     leftover.swap(queue_);
     for (Request& request : held_) leftover.push_back(std::move(request));
     held_.clear();
+    join_handle.swap(join_handle_);
   }
-  if (join_handle_) join_handle_->Fail(reason);
+  wake_.notify_one();  // the engine thread ends when a caller's cycle stopped the set
+  if (join_handle) join_handle->Fail(reason);
   for (Request& request : leftover) {
     PendingEntry entry;
     std::string name = request.spec.name;
     entry.request = std::move(request);
-    pending.emplace(std::move(name), std::move(entry));
+    pending_.emplace(std::move(name), std::move(entry));
   }
-  executor_.FailAll(pending, reason);
+  executor_.FailAll(pending_, reason);
 }
 
 }  // namespace fusecomm

@@ -1,6 +1,10 @@
 // One process set's engine: a queue the caller submits to and a background thread that
 // negotiates and executes. Each process set has its own thread and communicators, so
-// collectives on disjoint sets run concurrently.
+// collectives on disjoint sets run concurrently. A cycle (take the queue, negotiate, execute)
+// runs on whichever thread holds the cycle lock: the engine thread, or a caller waiting on one
+// of the set's handles while the engine thread is idle (CycleDriver), which saves the hand-off's
+// two thread wake-ups. Alone in its set, a rank runs each submission's cycle at once on the
+// submitting thread.
 #pragma once
 
 #include <atomic>
@@ -22,7 +26,7 @@
 
 namespace fusecomm {
 
-class ProcessSetWorker {
+class ProcessSetWorker : public CycleDriver {
  public:
   ProcessSetWorker(int id, std::unique_ptr<ControlChannel> control,
                    std::unique_ptr<Comm> data_comm, Topology topology,
@@ -50,8 +54,20 @@ class ProcessSetWorker {
   bool stopped() const { return stopped_; }
   FusionPlanState fusion_plan() const { return executor_.fusion_plan(); }
 
+  bool DriveCycle(HandleState* waiting, std::chrono::milliseconds max_wait) override;
+  std::chrono::microseconds CycleTime() const override;
+
  private:
   void Loop();
+  // Queued work the engine thread should start a cycle for (mutex_ held).
+  bool WorkQueued() const;
+  // Wakes a thread to run a cycle for new work: this one when the rank is alone in the set.
+  void Wake();
+  // One cycle: takes the queue, negotiates, executes (cycle_mutex_ held, not stopped). Returns
+  // false when the set stopped in it.
+  bool CycleOnce();
+  // Fails everything left with `reason`; the set accepts nothing more (cycle_mutex_ held).
+  void Stop(const std::string& reason);
   void ReleaseName(const std::string& name);
   // For the deadlock detector: this rank can only wait. Some thread waits on this set's
   // handles and none on another set's (whose completion could lead to a submission here), it
@@ -68,6 +84,13 @@ class ProcessSetWorker {
   Timeline* timeline_;
   Executor executor_;
 
+  // Held for a whole cycle; guards pending_, controller_, executor_, last_activity_ and
+  // last_cycle_. Taken before mutex_, never while holding it.
+  std::timed_mutex cycle_mutex_;
+  PendingTable pending_;
+  std::chrono::steady_clock::time_point last_cycle_ = std::chrono::steady_clock::now();
+  std::atomic<bool> device_seen_{false};  // a device tensor was submitted: the engine thread only
+
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<Request> queue_;
@@ -80,6 +103,7 @@ class ProcessSetWorker {
   std::atomic<bool> stopped_{false};
   uint64_t next_sequence_ = 0;
   std::shared_ptr<HandleState> join_handle_;  // set while this rank's join() waits
+  bool join_taken_ = false;  // a cycle has told the controller about join_handle_
   std::shared_ptr<WaitCounter> waiters_ = std::make_shared<WaitCounter>();
   // The engine thread's last submission taken in or response executed.
   std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();

@@ -1,5 +1,6 @@
 #include "engine/request.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <sstream>
 
@@ -65,13 +66,33 @@ int ThreadsWaitingOnAnySet() { return g_threads_waiting.load(); }
 
 void HandleState::Wait(const std::function<void()>& between_waits,
                        std::chrono::milliseconds period) {
+  using Clock = std::chrono::steady_clock;
   WaitingScope scope(waiters.get());
+  std::shared_ptr<CycleDriver> engine = driver.lock();
   std::unique_lock<std::mutex> lock(mutex_);
-  while (!done_cv_.wait_for(lock, period, [this] { return done_; })) {
-    if (!between_waits) continue;
+  auto next_check = Clock::now() + period;
+  int fruitless_cycles = 0;
+  while (!done_) {
+    // Drives the cycles itself, or waits for the engine thread's cycle to end and drives the
+    // next; a set it cannot drive completes on the engine thread.
+    lock.unlock();
+    const bool drove = engine && engine->DriveCycle(this, period);
+    lock.lock();
+    auto until = next_check;
+    if (drove && ++fruitless_cycles >= 2) {
+      // Some peer has not submitted it yet: from the second fruitless cycle on, the engine
+      // thread's pace (back-to-back cycles would keep the ranks' MPI progress busy and starve
+      // their heartbeat threads on a crowded node).
+      until = std::min(until, Clock::now() + engine->CycleTime());
+    } else if (drove) {
+      continue;  // one more at once: the cycle may have met a peer's idle cycle
+    }
+    done_cv_.wait_until(lock, until, [this] { return done_; });
+    if (done_ || !between_waits || Clock::now() < next_check) continue;
     lock.unlock();
     between_waits();
     lock.lock();
+    next_check = Clock::now() + period;
   }
   if (!error_.empty()) throw CollectiveError(error_);
 }

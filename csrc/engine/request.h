@@ -60,6 +60,23 @@ struct WaitCounter {
 // Threads blocked in HandleState::Wait on any process set's handles.
 int ThreadsWaitingOnAnySet();
 
+class HandleState;
+
+// A process set's engine as a thread waiting on one of its handles sees it: while the engine
+// thread is idle, the waiting thread runs the negotiation and the collective itself, so its
+// request completes without two thread wake-ups (submit -> engine thread -> caller).
+class CycleDriver {
+ public:
+  virtual ~CycleDriver() = default;
+  // Runs one engine cycle on the calling thread for `waiting` (nothing once it is done),
+  // waiting up to `max_wait` for a cycle another thread runs. False when it cannot: the wait
+  // ran out, the set has stopped, or the set runs device tensors (their streams belong to the
+  // engine thread).
+  virtual bool DriveCycle(HandleState* waiting, std::chrono::milliseconds max_wait) = 0;
+  // The engine thread's pace while requests wait for peers (the cycle time).
+  virtual std::chrono::microseconds CycleTime() const = 0;
+};
+
 // Completion state of one submitted request, shared by the engine thread and the caller.
 class HandleState {
  public:
@@ -83,6 +100,8 @@ class HandleState {
   int last_joined_rank = -1;
   // The process set's count of waiting threads (set at submission; may be null).
   std::shared_ptr<WaitCounter> waiters;
+  // The process set's engine, which Wait drives while its thread is idle (may be unset).
+  std::weak_ptr<CycleDriver> driver;
 
  private:
   std::mutex mutex_;

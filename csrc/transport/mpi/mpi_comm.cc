@@ -237,16 +237,26 @@ std::unique_ptr<Comm> MpiComm::Split(int color, int key) {
 void MpiComm::NativeAllreduce(void* buf, size_t count, DataType dtype, ReduceOp op) {
   MPI_Datatype type = ToMpiType(dtype);
   MPI_Op mpi_op = ToMpiOp(dtype, op);
-  size_t elem = DataTypeSize(dtype);
-  size_t max_count = kMaxMessageBytes / elem;
+  const size_t elem = DataTypeSize(dtype);
+  // A large buffer goes as several non-blocking all-reduces of kSegmentBytes in flight together:
+  // one non-blocking all-reduce of 64 MiB took 2-3x MPI_Allreduce's time on two shared-memory
+  // ranks, four segments of 1 MiB in flight 0.5-1.1x.
+  constexpr size_t kSegmentBytes = size_t{1} << 20, kSegmentsInFlight = 4;
+  const bool segmented = count * elem > kSegmentsInFlight * kSegmentBytes;
+  const size_t max_count = (segmented ? kSegmentBytes : kMaxMessageBytes) / elem;
+  const size_t in_flight = segmented ? kSegmentsInFlight : 1;
   char* p = static_cast<char*>(buf);
-  for (size_t offset = 0; offset < count; offset += max_count) {
-    size_t n = std::min(max_count, count - offset);
-    MPI_Request req;
-    CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
-                            comm_, &req),
-             "MPI_Iallreduce");
-    WaitData(&req, 1, "MPI_Iallreduce");
+  MPI_Request requests[kSegmentsInFlight];
+  for (size_t offset = 0; offset < count;) {
+    int posted = 0;
+    for (; static_cast<size_t>(posted) < in_flight && offset < count; ++posted) {
+      const size_t n = std::min(max_count, count - offset);
+      CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, p + offset * elem, static_cast<int>(n), type, mpi_op,
+                              comm_, &requests[posted]),
+               "MPI_Iallreduce");
+      offset += n;
+    }
+    WaitData(requests, posted, "MPI_Iallreduce");
   }
 }
 

@@ -53,7 +53,12 @@ void MpiControlChannel::Wait(MPI_Request* request, const char* call) {
       report_at = now + slice;
     }
     std::this_thread::sleep_for(sleep);
-    sleep = std::min(sleep * 2, std::chrono::microseconds(1000));
+    // A peer's engine starts its next cycle within a cycle time (1 ms), so the first
+    // milliseconds sleep at most 100 us (a 1 ms sleep made a negotiation late by up to 1 ms);
+    // a wait that goes on (a frozen or busy peer) backs off to 1 ms.
+    const auto cap = now - start < std::chrono::milliseconds(10) ? std::chrono::microseconds(100)
+                                                                 : std::chrono::microseconds(1000);
+    sleep = std::min(sleep * 2, cap);
   }
 }
 
