@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from fusecomm._engine import Adasum, Average, Max, Min, Product, Sum  # noqa: F401
+from fusecomm._frontend.optimizer_rules import check_backward_passes
 from fusecomm.basics import (ProcessSet, add_process_set, ccl_built, cross_rank,  # noqa: F401
                              cross_size, cuda_built, ddl_built, global_process_set, gloo_built,
                              gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
@@ -133,10 +134,7 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
                         f"(keras.optimizers.Optimizer), not {type(optimizer).__name__}")
     if isinstance(optimizer, _DistributedOptimizer):
         raise ValueError("this optimizer is already a DistributedOptimizer")
-    if (isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int)
-            or backward_passes_per_step < 1):
-        raise ValueError(f"backward_passes_per_step must be an integer >= 1, not "
-                         f"{backward_passes_per_step!r}")
+    backward_passes_per_step = check_backward_passes(backward_passes_per_step)
     if backward_passes_per_step > 1 and getattr(optimizer, "gradient_accumulation_steps", None):
         raise ValueError("use either backward_passes_per_step or the optimizer's "
                          "gradient_accumulation_steps, not both")
