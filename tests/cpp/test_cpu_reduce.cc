@@ -17,22 +17,13 @@
 #include "reduce/cpu_reduce.h"
 #include "test_rng.h"
 #include "transport/memory.h"
+#include "test_check.h"
 
 using namespace fusecomm;
 
 namespace {
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using fusecomm_test::Check;
 
 template <typename Fn>
 bool Throws(Fn fn) {
@@ -729,6 +720,5 @@ int main() {
   TestDivide();
   TestBadArguments();
   TestHostMemory();
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return fusecomm_test::Summary("");
 }

@@ -15,6 +15,7 @@
 #include "common/errors.h"
 #include "engine/mgwfbp_plan.h"
 #include "test_rng.h"
+#include "test_check.h"
 
 using fusecomm::AllreduceSeconds;
 using fusecomm::GradientTiming;
@@ -24,17 +25,7 @@ using Groups = std::vector<std::vector<size_t>>;
 
 namespace {
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using fusecomm_test::Check;
 
 AllreduceSeconds Linear(double alpha, double beta) {
   return [alpha, beta](size_t bytes) { return alpha + beta * static_cast<double>(bytes); };
@@ -173,6 +164,5 @@ int main() {
   TestRandomAgainstReferences();
   TestRegimes();
   TestErrors();
-  std::printf("mgwfbp plan: %d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return fusecomm_test::Summary("mgwfbp plan: ");
 }

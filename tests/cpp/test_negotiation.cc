@@ -27,22 +27,13 @@
 #include "engine/fusion_planner.h"
 #include "engine/response_cache.h"
 #include "transport/control_channel.h"
+#include "test_check.h"
 
 using namespace fusecomm;
 
 namespace {
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using fusecomm_test::Check;
 
 // The ranks' meeting point: every collective is one exchange in which each rank hands in its
 // bytes and gets every rank's back. A rank that waits more than kTimeout for the others, or
@@ -520,6 +511,5 @@ int main() {
   TestCacheEviction();
   TestResponseCacheDirectly();
   TestFusionPlanner();
-  std::printf("test_negotiation: %d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return fusecomm_test::Summary("test_negotiation: ");
 }

@@ -22,23 +22,14 @@
 
 #include "common/errors.h"
 #include "timeline/timeline.h"
+#include "test_check.h"
 
 using fusecomm::InvalidArgument;
 using fusecomm::Timeline;
 
 namespace {
 
-int g_passed = 0;
-int g_failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using fusecomm_test::Check;
 
 // ---- a small strict JSON parser ----------------------------------------------------------------
 
@@ -705,6 +696,5 @@ int main() {
   TestPeriodicFlush();
   TestConcurrentStartStop();
   TestHotPathCost();
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return fusecomm_test::Summary("");
 }
