@@ -86,18 +86,14 @@ def worker(args):
                   flush=True)
 
 
-def timed_training(args, rank, model, optimizer, barrier, slowest):
-    """Mean step time of the slowest rank over args.steps steps, after args.warmup."""
-    import torch
-    import torch.nn.functional as F
-
-    g = torch.Generator().manual_seed(rank)
-    x = torch.randn(args.batch_size, args.width, generator=g)
-    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+def timed_steps(args, model, optimizer, batch, barrier, slowest):
+    """The slowest rank's mean step time over args.steps steps, after args.warmup; `batch` is
+    (inputs, targets, loss function, ...)."""
+    x, y, loss_fn = batch[:3]
 
     def step():
         optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        loss_fn(model(x), y).backward()
         optimizer.step()
 
     for _ in range(args.warmup):
@@ -106,8 +102,19 @@ def timed_training(args, rank, model, optimizer, barrier, slowest):
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    return slowest((time.perf_counter() - start) / args.steps), \
-        sum(p.numel() for p in model.parameters())
+    return slowest((time.perf_counter() - start) / args.steps)
+
+
+def timed_training(args, rank, model, optimizer, barrier, slowest):
+    """Mean step time of the slowest rank over args.steps steps, after args.warmup."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(args.batch_size, args.width, generator=g)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+    return (timed_steps(args, model, optimizer, (x, y, F.cross_entropy), barrier, slowest),
+            sum(p.numel() for p in model.parameters()))
 
 
 def train_fusecomm(args, rank, size):

@@ -22,9 +22,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-from torch_training import launch_environment  # noqa: E402  (benchmarks/)
+from torch_training import launch_environment, timed_steps  # noqa: E402  (benchmarks/)
 
 FUSION_PLANS = ("threshold", "layerwise", "mgwfbp")
 VARIANTS = tuple(f"fusecomm:{p}" for p in FUSION_PLANS) + ("horovod", "ddp")
@@ -160,24 +159,6 @@ BUILDERS = {"mlp": build_mlp, "resnet18": build_resnet18, "transformer": build_t
 
 
 # ---- worker (one rank, under mpirun) ----------------------------------------------------------
-
-def timed_steps(args, model, optimizer, batch, barrier, slowest):
-    """The slowest rank's mean step time over args.steps steps, after args.warmup."""
-    x, y, loss_fn, _, _ = batch
-
-    def step():
-        optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-
-    for _ in range(args.warmup):
-        step()
-    barrier()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    return slowest((time.perf_counter() - start) / args.steps)
-
 
 def train_horovod_api(hvd, settings, model, batch, args, compression):
     """The same code for fusecomm.torch and horovod.torch (the one-line swap users make)."""
