@@ -100,6 +100,13 @@ def synchronize(handle):
         _forget(handle)
 
 
+def in_flight(handle):
+    """True while `handle` has not been synchronized to the end (a wait that a signal handler
+    interrupted leaves it in flight)."""
+    with _lock:
+        return handle in _handles
+
+
 def _forget(handle):
     with _lock:
         _handles.pop(handle, None)

@@ -622,7 +622,10 @@ def fuzz_grouped_allreduce(tensor_list, op, name, pre):
         sv, a, _ = _scales_verdict(pre, 1.0, ref.dtype if ref is not None else None)
         verdicts.append(combine(v, ov, sv, name_verdict(name)))
         refs.append((ref, resolved, a))
-    expect(outcome, combine(*verdicts) if tensor_list else name_verdict(name), "grouped_allreduce")
+    if not tensor_list:  # nothing to reduce, but the arguments are still checked
+        verdicts.append(combine(name_verdict(name), op_verdict(op, None, None)[0],
+                                _scales_verdict(pre, 1.0, None)[0]))
+    expect(outcome, combine(*verdicts), "grouped_allreduce")
     if outcome[0] == "ok":
         if len(outcome[1]) != len(tensor_list):
             raise PropertyFailure(f"{len(outcome[1])} results for {len(tensor_list)} tensors")

@@ -50,7 +50,12 @@ class Handle:
                 continue  # done before an interrupted wait
             try:
                 self._results[i] = _engine.synchronize(i)
-            except Exception as e:  # noqa: BLE001 - wait for the others, then raise the first
+            except BaseException as e:  # noqa: BLE001 - wait for the others, then raise the first
+                if _engine.in_flight(i):
+                    # A signal handler raised during the wait (KeyboardInterrupt, or any
+                    # exception of the program's own handler): the operation goes on, and the
+                    # handle can be waited on again.
+                    raise
                 self._results[i] = None
                 error = error or e
         results = [self._results[i] for i in ids]
