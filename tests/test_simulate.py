@@ -287,8 +287,8 @@ def test_uneven_nodes():
 def test_closed_forms_hold_with_a_core_per_rank(cores, algorithm):
     """As many cores as ranks (or unlimited) is the CPU-less model, copy cost below the links'."""
     cluster = Cluster(4, 4, alpha_intra=2e-6, beta_intra=1e-10, alpha_inter=2e-5,
-                      beta_inter=8e-10, gamma=5e-11, cores_per_node=cores, copy_beta=1e-10,
-                      **WHOLE)
+                      beta_inter=8e-10, gamma=5e-11, cores_per_node=cores,
+                      copy_beta_intra=1e-10, copy_beta_inter=1e-10, **WHOLE)
     n = 4 * 16 * 512
     got = simulate_allreduce(cluster, n, algorithm)["seconds"]
     assert got == pytest.approx(closed_form_seconds(algorithm, cluster, n), rel=1e-9)
@@ -296,17 +296,17 @@ def test_closed_forms_hold_with_a_core_per_rank(cores, algorithm):
 
 @pytest.mark.parametrize("p,cores", [(4, 2), (8, 2), (8, 1), (6, 4), (3, 0.5)])
 def test_ranks_sharing_cores_slow_copies_and_reductions(p, cores):
-    """Shared memory moves data with the CPU (copy_beta = β): with p ranks on c < p cores every
+    """Shared memory moves data with the CPU (copy_beta_intra = β): with p ranks on c < p cores every
     copy and reduction takes p/c times longer, i.e. the ring's closed form with β and γ scaled."""
     s = p / cores
     links = dict(alpha_intra=3e-6, beta_intra=4e-10, gamma=1e-10, **WHOLE)
-    shared = Cluster(1, p, cores_per_node=cores, copy_beta=4e-10, **links)
+    shared = Cluster(1, p, cores_per_node=cores, copy_beta_intra=4e-10, **links)
     n = 4 * p * 1000
     want = closed_form_seconds("ring", Cluster(1, p, **dict(links, beta_intra=4e-10 * s,
                                                                gamma=1e-10 * s)), n)
     got = simulate_allreduce(shared, n, "ring")["seconds"]
     assert got == pytest.approx(want, rel=1e-9)
-    alone = simulate_allreduce(Cluster(1, p, copy_beta=4e-10, **links), n, "ring")["seconds"]
+    alone = simulate_allreduce(Cluster(1, p, copy_beta_intra=4e-10, **links), n, "ring")["seconds"]
     latency = 2 * (p - 1) * 3e-6
     assert got - latency == pytest.approx(s * (alone - latency), rel=1e-9)
 
@@ -315,7 +315,8 @@ def test_cpu_bound_transfer_across_nodes():
     """A cross-node flow goes at the slower of the NIC and the CPUs driving its ends: 2 nodes of
     2 ranks on one 2-core machine (0.5 core per node: slowdown 4) with copy cost 1e-9 s/B drive
     4e-9 s/B, slower than the NIC's 1e-9 s/B; with a core per rank the NIC bounds it."""
-    links = dict(alpha_inter=1e-5, beta_inter=1e-9, beta_intra=1e-11, copy_beta=1e-9, gamma=0.0,
+    links = dict(alpha_inter=1e-5, beta_inter=1e-9, beta_intra=1e-11, copy_beta_inter=1e-9,
+                 gamma=0.0,
                  **WHOLE)
     n = 4 << 20
     fast = simulate_allreduce(Cluster(2, 2, **links), n, "ring")["seconds"]
@@ -355,8 +356,8 @@ def test_call_overhead_is_cpu_work_too():
 def test_cpu_options_checked_and_kept_by_the_cli(tmp_path):
     with pytest.raises(ValueError, match="cores_per_node must be > 0"):
         Cluster(2, 2, cores_per_node=0)
-    with pytest.raises(ValueError, match="copy_beta must be >= 0"):
-        Cluster(2, 2, copy_beta=-1.0)
+    with pytest.raises(ValueError, match="copy_beta_inter must be >= 0"):
+        Cluster(2, 2, copy_beta_inter=-1.0)
     import argparse
     import os
 
@@ -368,9 +369,9 @@ def test_cpu_options_checked_and_kept_by_the_cli(tmp_path):
     measured_here = build_cluster(parser.parse_args(["--calibration", str(calibration)]), 4)
     assert measured_here.cores_per_node == os.cpu_count()
     assert build_cluster(parser.parse_args([]), 4).cores_per_node is None
-    args = parser.parse_args(["--cores-per-node", "0.5", "--copy-beta", "1e-9",
+    args = parser.parse_args(["--cores-per-node", "0.5", "--copy-beta-inter", "1e-9",
                               "--call-overhead", "1e-3", "--gamma", "2e-10"])
     cluster = build_cluster(args, 8)
-    assert (cluster.cores_per_node, cluster.copy_beta, cluster.call_overhead, cluster.gamma) == (
+    assert (cluster.cores_per_node, cluster.copy_beta_inter, cluster.call_overhead, cluster.gamma) == (
         0.5, 1e-9, 1e-3, 2e-10)
     assert list(cluster.cpu_slowdown()) == [16.0] * 8  # 8 ranks per node of 0.5 core

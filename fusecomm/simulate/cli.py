@@ -36,8 +36,10 @@ def add_arguments(parser):
                          help="CPU cores a node's ranks share (may be fractional); more ranks "
                               "than cores slow their CPU work. Default: unlimited, or this "
                               "machine's os.cpu_count() with --calibration (measured here)")
-    cluster.add_argument("--copy-beta", type=float, default=0.0,
-                         help="CPU seconds per byte a rank sends or receives (default 0)")
+    for where in ("intra", "inter"):
+        cluster.add_argument(f"--copy-beta-{where}", type=float, default=0.0,
+                             help=f"CPU seconds per byte a rank sends or receives {where}-node "
+                                  f"(default 0)")
     cluster.add_argument("--call-overhead", type=float, default=0.0,
                          help="CPU seconds of software per all-reduce call (default 0)")
     cluster.add_argument("--no-contention", action="store_true",
@@ -73,7 +75,8 @@ def parse_ranks(text):
 def build_cluster(args, ranks):
     links = dict(PRESETS[args.preset])
     # Not links: these stay when a calibration gives the links.
-    options = dict(nic_contention=not args.no_contention, copy_beta=args.copy_beta,
+    options = dict(nic_contention=not args.no_contention, copy_beta_intra=args.copy_beta_intra,
+                   copy_beta_inter=args.copy_beta_inter,
                    call_overhead=args.call_overhead, cores_per_node=args.cores_per_node)
     if args.segment_bytes is not None:
         options["segment_bytes"] = args.segment_bytes

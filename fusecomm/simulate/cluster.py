@@ -14,9 +14,10 @@ Links, as the event model uses them:
 The CPU (all of it charged to the core the rank runs on):
 - `gamma` is CPU work: a receiver reduces a segment only once its core is free of the previous
   one;
-- `copy_beta` seconds per byte a rank's CPU spends moving a byte it sends or receives (memcpy
-  into shared memory, the TCP stack): a transfer goes no faster than the slower of its two ends'
-  CPUs drives it;
+- `copy_beta_intra`, `copy_beta_inter`: seconds per byte a rank's CPU spends moving a byte it
+  sends or receives inside the node (shared memory: memcpy, about β_intra itself) or across
+  nodes (the TCP stack): a transfer goes no faster than the slower of its two ends' CPUs drives
+  it;
 - `call_overhead` seconds of software per all-reduce call (the engine's cycle, negotiation,
   copies into the fusion buffer) before the first message;
 - `cores_per_node`: cores the node's ranks share (None: one core per rank at least). With more
@@ -95,7 +96,8 @@ class Cluster:
     ranks_override: int = 0  # fewer ranks than nodes * gpus_per_node: the last node is partial
     calibration: SelectorModel = None  # what fusecomm measured, when built from a file
     cores_per_node: float = None  # None: unlimited (a core per rank at least)
-    copy_beta: float = 0.0  # CPU seconds per byte sent or received
+    copy_beta_intra: float = 0.0  # CPU seconds per byte sent or received inside the node
+    copy_beta_inter: float = 0.0  # ... across nodes
     call_overhead: float = 0.0  # CPU seconds per all-reduce call
 
     def __post_init__(self):
@@ -103,7 +105,8 @@ class Cluster:
             raise ValueError(f"a cluster needs at least one node of one GPU, got "
                              f"{self.nodes} x {self.gpus_per_node}")
         for name in ("alpha_intra", "beta_intra", "alpha_inter", "beta_inter", "gamma",
-                     "alpha_flow", "beta_flow", "copy_beta", "call_overhead"):
+                     "alpha_flow", "beta_flow", "copy_beta_intra",
+                     "copy_beta_inter", "call_overhead"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cores_per_node is not None and not self.cores_per_node > 0:
@@ -202,7 +205,8 @@ class Cluster:
                 f"NIC α={self.alpha_inter:.3g}s "
                 f"β={self.beta_inter:.3g}s/B; γ={self.gamma:.3g}s/B; segments "
                 f"{self.segment_bytes or 'off'}; CPU: "
-                f"{cores}/node, copy {self.copy_beta:.3g}s/B, {self.call_overhead:.3g}s/call")
+                f"{cores}/node, copy {self.copy_beta_intra:.3g}/"
+                f"{self.copy_beta_inter:.3g}s/B, {self.call_overhead:.3g}s/call")
 
 
 def link_beta(rate):

@@ -8,7 +8,7 @@ fusecomm's algorithms cut theirs. Segment j of a message in round r starts when
 - the sender's port has sent segment j-1 and the receiver's port has taken it in.
 It occupies the ports for bytes·β (β of the link it crosses: the rank's own intra-node port, or
 the node's NIC shared by every flow leaving, or entering, the node in that round, no faster than
-one flow alone goes) — or longer, bytes·copy_beta·slowdown, when the CPU of either end (shared
+one flow alone goes) — or longer, bytes·copy_beta·slowdown (intra or inter), when the CPU of either end (shared
 by more ranks than cores: `Cluster.cpu_slowdown`) cannot drive it faster — and arrives α later.
 A reducing receiver then spends bytes·γ·slowdown on it on its core, once the core has finished
 reducing the previous segment. Every rank starts after `call_overhead`·slowdown of software.
@@ -86,7 +86,8 @@ def simulate_rounds(rounds, cluster, keep_timeline=False):
                          cluster.alpha_intra)
         piece = nbytes / g
         # The slower of the link and the CPUs that drive the two ends.
-        cpu_beta = cluster.copy_beta * np.maximum(slowdown[src], slowdown[dst])
+        cpu_beta = (np.where(crossing, cluster.copy_beta_inter, cluster.copy_beta_intra)
+                    * np.maximum(slowdown[src], slowdown[dst]))
         occupy = piece * np.maximum(beta, cpu_beta)
         reduce_time = piece * cluster.gamma * slowdown[dst] if rnd.reduce else 0.0
         new_src = np.empty((src.size, g))
