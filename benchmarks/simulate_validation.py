@@ -89,7 +89,7 @@ def log_error(measured, cluster, algorithms=ALGS):
 def fit_cpu(measured, config, intra, alpha_inter):
     """(copy_beta_inter, call_overhead) that best fit `measured` (coordinate search on a grid)."""
     copies, overheads = np.geomspace(1e-11, 1e-7, 25), np.concatenate([[0], np.geomspace(
-        1e-6, 1e-2, 25)])
+        1e-6, 3e-2, 25)])
     best = (copies[0], 0.0)
     for _ in range(3):
         best = (min(copies, key=lambda c: log_error(
