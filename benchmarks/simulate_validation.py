@@ -7,7 +7,8 @@ Parameters, fitted on as little as possible and then held fixed:
 - intra-node α and β (γ folded into β): the 2-rank one-node ring (allreduce_2r_L1, 64 KiB and
   up) fitted to T = 2α + n·β in log error;
 - inter-node β: the testbed's nominal link rate (1 or 10 Gbit/s per node, full duplex);
-- inter-node α: the one value that best fits the 2x2 1 Gbit/s ring (log error, 64 KiB and up).
+- inter-node α: the one value that best fits the 2x2 1 Gbit/s ring (log error, 64 KiB and up):
+  the loaded machine's run for the earlier runs, the quiet one (ALPHA_FIT) for the quiet runs;
 - the CPU (`--cores-per-node` and friends): the testbed's nodes are namespaces of one machine
   of MACHINE_CORES cores, so a node has MACHINE_CORES / nodes of them; the CPU's per-byte cost of
   moving data across nodes (copy_beta_inter: the TCP stack) and the per-call overhead are the
@@ -27,6 +28,7 @@ measured at init in that very run (`--calibration`'s path).
     python benchmarks/simulate_validation.py --out docs/simulate_validation.json
 """
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -40,7 +42,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ALGS = ("ring", "rhd", "hierarchical", "hierarchical_scatter", "torus2d")
 MIN_BYTES = 64 << 10
 MACHINE_CORES = 2  # nproc of the machine every run here was made on (testbed nodes share it)
-CPU_FIT = "testbed_2x2_10gbit.jsonl"  # the fresh run the CPU's two parameters are fitted on
+CPU_FIT = "testbed_2x2_10gbit.jsonl"  # the quiet run the CPU's two parameters are fitted on
+ALPHA_FIT = "testbed_2x2_1gbit.jsonl"  # the quiet run whose ring gives the inter α
 
 
 def load(path):
@@ -163,11 +166,13 @@ def fresh_configs(directory, intra, alpha_inter, cpu):
         shape, link = os.path.basename(path)[len("testbed_"):-len(".jsonl")].split("_", 1)
         nodes, k = (int(v) for v in shape.split("x"))
         measured = load(path)
-        name = f"fresh testbed {shape}, {link}"
+        name = f"quiet testbed {shape}, {link}"
         config = (nodes, k, link_beta(link))
-        out.append((name + ", nominal links", measured, predict(config, intra, alpha_inter)))
+        alpha_fit = " (α fit)" if os.path.basename(path) == ALPHA_FIT else ""
+        out.append((name + ", nominal links" + alpha_fit, measured,
+                    predict(config, intra, alpha_inter)))
         if cpu is not None:
-            fitted = " (CPU fit)" if os.path.basename(path) == CPU_FIT else ""
+            fitted = " (CPU fit)" if os.path.basename(path) == CPU_FIT else alpha_fit
             out.append((name + ", nominal links + CPU" + fitted, measured,
                         predict(config, intra, alpha_inter, cpu)))
         calibration = os.path.join(directory, f"cal_{shape}_{link}.txt")
@@ -175,6 +180,10 @@ def fresh_configs(directory, intra, alpha_inter, cpu):
             with open(calibration) as f:
                 cluster = Cluster.from_calibration(f.read(), nodes, k)
             out.append((name + ", its calibration", measured, cluster))
+            if cpu is not None:  # the calibration's links, measured with the cores shared
+                out.append((name + ", its calibration + CPU overhead", measured,
+                            dataclasses.replace(cluster, call_overhead=cpu[1],
+                                                cores_per_node=MACHINE_CORES / nodes)))
     return out
 
 
@@ -191,11 +200,14 @@ def main(argv=None):
     alpha_inter = fit_alpha_inter(testbed_fit, intra, CONFIGS[3][2])
     print(f"fitted: intra α={intra[0]:.3g} s β={intra[1]:.3g} s/B; inter α={alpha_inter:.3g} s; "
           f"inter β = the link's nominal rate")
-    cpu = None
-    cpu_fit = os.path.join(args.fresh, CPU_FIT)
+    cpu, alpha_quiet = None, alpha_inter
+    cpu_fit, alpha_fit = (os.path.join(args.fresh, name) for name in (CPU_FIT, ALPHA_FIT))
+    if os.path.exists(alpha_fit):
+        alpha_quiet = fit_alpha_inter(load(alpha_fit), intra, CONFIGS[3][2])
+        print(f"fitted on the quiet {ALPHA_FIT}'s ring: inter α={alpha_quiet:.3g} s")
     if os.path.exists(cpu_fit):
         config = (2, 2, link_beta(CPU_FIT.split("_")[-1][:-len(".jsonl")]))
-        cpu = fit_cpu(load(cpu_fit), config, intra, alpha_inter)
+        cpu = fit_cpu(load(cpu_fit), config, intra, alpha_quiet)
         print(f"fitted on {CPU_FIT}: CPU copy {cpu[0]:.3g} s/B, {cpu[1]:.3g} s per call, "
               f"{MACHINE_CORES} cores shared by the testbed's nodes")
     configs = []
@@ -204,7 +216,7 @@ def main(argv=None):
         a_inter = alpha_inter if beta_inter is not None else intra[0]
         configs.append((name, load(os.path.join(ROOT, path)), predict(config, intra, a_inter)))
     if os.path.isdir(args.fresh):
-        configs += fresh_configs(args.fresh, intra, alpha_inter, cpu)
+        configs += fresh_configs(args.fresh, intra, alpha_quiet, cpu)
     rows = []
     print("| configuration | sizes | median abs error | max abs error | within 20% | "
           "predicted best within 10% of measured best |")
@@ -217,7 +229,8 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"intra_alpha": intra[0], "intra_beta": intra[1],
-                       "inter_alpha": alpha_inter, "cpu_copy_beta": cpu and cpu[0],
+                       "inter_alpha": alpha_inter,
+                       "quiet_inter_alpha": alpha_quiet, "cpu_copy_beta": cpu and cpu[0],
                        "cpu_call_overhead": cpu and cpu[1], "machine_cores": MACHINE_CORES,
                        "rows": rows}, f, indent=1)
     return 0

@@ -228,7 +228,9 @@ def _fresh_runs():
     for cal in sorted(glob.glob(os.path.join(here, "cal_*.txt"))):
         shape, link = os.path.basename(cal)[4:-4].split("_")
         rows = os.path.join(here, f"testbed_{shape}_{link}.jsonl")
-        if os.path.exists(rows):
+        # A run that ended before writing its JSON keeps only the printed times (no
+        # predictions): nothing to check here.
+        if os.path.exists(rows) and "predicted_us" in open(rows).read():
             yield shape, cal, rows
 
 
