@@ -12,18 +12,22 @@ Parameters, fitted on as little as possible and then held fixed:
 - the CPU (`--cores-per-node` and friends): the testbed's nodes are namespaces of one machine
   of MACHINE_CORES cores, so a node has MACHINE_CORES / nodes of them; the CPU's per-byte cost of
   moving data across nodes (copy_beta_inter: the TCP stack) and the per-call overhead are the
-  pair that best fits one fresh run (CPU_FIT, the most CPU-bound one: 2x2 at 10 Gbit/s); inside
+  pair that best fits one quiet run (CPU_FIT, the most CPU-bound one: 2x2 at 10 Gbit/s); inside
   a node shared memory is a CPU copy: copy_beta_intra = the fitted intra β.
 Everything else (other algorithms, other configurations) is predicted, not fitted.
 
-Fresh testbed runs (docs/simulate_testbed/, made with
+Quiet testbed runs (docs/simulate_testbed/, made one at a time after the machine's CI run finished, as
+root, with
 
-    FUSECOMM_CALIBRATION_FILE=docs/simulate_testbed/cal_2x2_1gbit.txt \
-      python benchmarks/testbed_allreduce.py --out docs/simulate_testbed --configs 2x2 \
-      --links 1gbit --min-bytes 64K --max-bytes 16M --step-factor 16 --what allreduce
+    FUSECOMM_CALIBRATION_FILE=$PWD/docs/simulate_testbed/cal_2x2_1gbit.txt \
+      fusecomm testbed run -np 4 -- python -P fusecomm/runner/bench.py --worker allreduce \
+      -np 4 --algorithms ring,rhd,hierarchical,hierarchical_scatter,torus2d -b 64K -e 64M -f 4 \
+      --quick --json $PWD/docs/simulate_testbed/testbed_2x2_1gbit.jsonl
 
-as root) are predicted twice: with the nominal links above, and from the calibration fusecomm
-measured at init in that very run (`--calibration`'s path).
+between `fusecomm testbed up` and `down`, the calibration file removed first so that fusecomm
+measures it afresh) are predicted with the nominal links, with the nominal links and the CPU,
+and from the calibration fusecomm measured at init in that very run (`--calibration`'s path),
+with and without the fitted per-call overhead.
 
     python benchmarks/simulate_validation.py --out docs/simulate_validation.json
 """
