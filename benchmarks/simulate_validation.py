@@ -16,8 +16,8 @@ Parameters, fitted on as little as possible and then held fixed:
   a node shared memory is a CPU copy: copy_beta_intra = the fitted intra β.
 Everything else (other algorithms, other configurations) is predicted, not fitted.
 
-Quiet testbed runs (docs/simulate_testbed/, made one at a time after the machine's CI run finished, as
-root, with
+Quiet testbed runs (docs/simulate_testbed/, made one at a time after the machine's CI run
+finished, as root, with
 
     FUSECOMM_CALIBRATION_FILE=$PWD/docs/simulate_testbed/cal_2x2_1gbit.txt \
       fusecomm testbed run -np 4 -- python -P fusecomm/runner/bench.py --worker allreduce \
