@@ -298,8 +298,9 @@ def test_closed_forms_hold_with_a_core_per_rank(cores, algorithm):
 
 @pytest.mark.parametrize("p,cores", [(4, 2), (8, 2), (8, 1), (6, 4), (3, 0.5)])
 def test_ranks_sharing_cores_slow_copies_and_reductions(p, cores):
-    """Shared memory moves data with the CPU (copy_beta_intra = β): with p ranks on c < p cores every
-    copy and reduction takes p/c times longer, i.e. the ring's closed form with β and γ scaled."""
+    """Shared memory moves data with the CPU (copy_beta_intra = β): with p ranks on c < p cores
+    every copy and reduction takes p/c times longer: the ring's closed form with β and γ scaled.
+    """
     s = p / cores
     links = dict(alpha_intra=3e-6, beta_intra=4e-10, gamma=1e-10, **WHOLE)
     shared = Cluster(1, p, cores_per_node=cores, copy_beta_intra=4e-10, **links)
@@ -374,6 +375,6 @@ def test_cpu_options_checked_and_kept_by_the_cli(tmp_path):
     args = parser.parse_args(["--cores-per-node", "0.5", "--copy-beta-inter", "1e-9",
                               "--call-overhead", "1e-3", "--gamma", "2e-10"])
     cluster = build_cluster(args, 8)
-    assert (cluster.cores_per_node, cluster.copy_beta_inter, cluster.call_overhead, cluster.gamma) == (
-        0.5, 1e-9, 1e-3, 2e-10)
+    assert (cluster.cores_per_node, cluster.copy_beta_inter, cluster.call_overhead,
+            cluster.gamma) == (0.5, 1e-9, 1e-3, 2e-10)
     assert list(cluster.cpu_slowdown()) == [16.0] * 8  # 8 ranks per node of 0.5 core

@@ -8,12 +8,13 @@ fusecomm's algorithms cut theirs. Segment j of a message in round r starts when
 - the sender's port has sent segment j-1 and the receiver's port has taken it in.
 It occupies the ports for bytes·β (β of the link it crosses: the rank's own intra-node port, or
 the node's NIC shared by every flow leaving, or entering, the node in that round, no faster than
-one flow alone goes) — or longer, bytes·copy_beta·slowdown (intra or inter), when the CPU of either end (shared
-by more ranks than cores: `Cluster.cpu_slowdown`) cannot drive it faster — and arrives α later.
-A reducing receiver then spends bytes·γ·slowdown on it on its core, once the core has finished
-reducing the previous segment. Every rank starts after `call_overhead`·slowdown of software.
-So segments of consecutive rounds pipeline (a ring forwards a segment while the next is still arriving), flows on one NIC slow
-each other, and uneven schedules (folded ranks, partial grids) wait where the real ones wait.
+one flow alone goes) — or longer, bytes·copy_beta·slowdown (intra or inter), when the CPU of
+either end (shared by more ranks than cores: `Cluster.cpu_slowdown`) cannot drive it faster —
+and arrives α later. A reducing receiver then spends bytes·γ·slowdown on it on its core, once
+the core has finished reducing the previous segment. Every rank starts after
+`call_overhead`·slowdown of software. So segments of consecutive rounds pipeline (a ring
+forwards a segment while the next is still arriving), flows on one NIC slow each other, and
+uneven schedules (folded ranks, partial grids) wait where the real ones wait.
 
 With one segment per message, no contention and unlimited cores (or ranks <= cores, no copy
 cost, no overhead) a symmetric schedule takes exactly
