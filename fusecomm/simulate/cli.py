@@ -3,6 +3,7 @@ cluster. One JSON object per line with --json, a table otherwise; --plot draws i
 import dataclasses
 import json
 import math
+import os
 import sys
 
 from fusecomm.simulate import api
@@ -31,6 +32,16 @@ def add_arguments(parser):
     cluster.add_argument("--intra-link", help="per-GPU intra-node rate, e.g. 100GB/s")
     cluster.add_argument("--segment-bytes", type=parse_size, default=None,
                          help="pipeline segment (default fusecomm's 512K; 0: whole messages)")
+    cluster.add_argument("--cores-per-node", type=float, default=None,
+                         help="CPU cores a node's ranks share (may be fractional); more ranks "
+                              "than cores slow their CPU work. Default: unlimited, or this "
+                              "machine's os.cpu_count() with --calibration (measured here)")
+    for where in ("intra", "inter"):
+        cluster.add_argument(f"--copy-beta-{where}", type=float, default=0.0,
+                             help=f"CPU seconds per byte a rank sends or receives {where}-node "
+                                  f"(default 0)")
+    cluster.add_argument("--call-overhead", type=float, default=0.0,
+                         help="CPU seconds of software per all-reduce call (default 0)")
     cluster.add_argument("--no-contention", action="store_true",
                          help="flows through one NIC do not share it (for comparison)")
     work = parser.add_argument_group("workload")
@@ -63,16 +74,20 @@ def parse_ranks(text):
 
 def build_cluster(args, ranks):
     links = dict(PRESETS[args.preset])
+    # Not links: these stay when a calibration gives the links.
+    options = dict(nic_contention=not args.no_contention, copy_beta_intra=args.copy_beta_intra,
+                   copy_beta_inter=args.copy_beta_inter,
+                   call_overhead=args.call_overhead, cores_per_node=args.cores_per_node)
     if args.segment_bytes is not None:
-        links["segment_bytes"] = args.segment_bytes
-    links["nic_contention"] = not args.no_contention
+        options["segment_bytes"] = args.segment_bytes
     if args.calibration:
+        if options["cores_per_node"] is None:
+            options["cores_per_node"] = os.cpu_count()
         with open(args.calibration) as f:
             cluster = Cluster.from_calibration(f.read(), 0, args.gpus_per_node, ranks=ranks,
-                                               **{k: v for k, v in links.items()
-                                                  if k in ("segment_bytes", "nic_contention")})
+                                               **options)
     else:
-        cluster = Cluster.for_ranks(ranks, args.gpus_per_node, **links)
+        cluster = Cluster.for_ranks(ranks, args.gpus_per_node, **links, **options)
     overrides = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
                  for name in ("alpha-intra", "beta-intra", "alpha-inter", "beta-inter", "gamma")}
     if args.inter_link:

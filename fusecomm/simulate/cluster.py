@@ -11,6 +11,19 @@ Links, as the event model uses them:
   by default it is not;
 - `gamma` seconds per byte reduced.
 
+The CPU (all of it charged to the core the rank runs on):
+- `gamma` is CPU work: a receiver reduces a segment only once its core is free of the previous
+  one;
+- `copy_beta_intra`, `copy_beta_inter`: seconds per byte a rank's CPU spends moving a byte it
+  sends or receives inside the node (shared memory: memcpy, about β_intra itself) or across
+  nodes (the TCP stack): a transfer goes no faster than the slower of its two ends' CPUs drives
+  it;
+- `call_overhead` seconds of software per all-reduce call (the engine's cycle, negotiation,
+  copies into the fusion buffer) before the first message;
+- `cores_per_node`: cores the node's ranks share (None: one core per rank at least). With more
+  ranks than cores, every rank's CPU work runs ranks/cores times slower. It may be fractional:
+  `fusecomm testbed`'s nodes are namespaces of one machine, so 4 of them on 2 cores have 0.5.
+
 fusecomm's calibration at init (csrc/collectives/cost_model.cc, printed by `fusecomm bench
 calibrate`, cached with FUSECOMM_CALIBRATION_FILE) measures different things: its inter-node β
 comes from every local rank's cross-node ring running at once, so it is the per-flow price with
@@ -19,6 +32,8 @@ and `selector_model` multiplies it again, so a file read and written round-trips
 """
 import dataclasses
 import math
+
+import numpy as np
 
 # CostModel's defaults (csrc/collectives/cost_model.h): what fusecomm predicts with before it has
 # calibrated, and what `fusecomm simulate` uses unless told otherwise.
@@ -80,15 +95,23 @@ class Cluster:
     nic_contention: bool = True  # flows through one node's NIC share its rate
     ranks_override: int = 0  # fewer ranks than nodes * gpus_per_node: the last node is partial
     calibration: SelectorModel = None  # what fusecomm measured, when built from a file
+    cores_per_node: float = None  # None: unlimited (a core per rank at least)
+    copy_beta_intra: float = 0.0  # CPU seconds per byte sent or received inside the node
+    copy_beta_inter: float = 0.0  # ... across nodes
+    call_overhead: float = 0.0  # CPU seconds per all-reduce call
 
     def __post_init__(self):
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise ValueError(f"a cluster needs at least one node of one GPU, got "
                              f"{self.nodes} x {self.gpus_per_node}")
         for name in ("alpha_intra", "beta_intra", "alpha_inter", "beta_inter", "gamma",
-                     "alpha_flow", "beta_flow"):
+                     "alpha_flow", "beta_flow", "copy_beta_intra",
+                     "copy_beta_inter", "call_overhead"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cores_per_node is not None and not self.cores_per_node > 0:
+            raise ValueError(f"cores_per_node must be > 0 (or None: unlimited), got "
+                             f"{self.cores_per_node}")
         if self.ranks_override and not (
                 (self.nodes - 1) * self.gpus_per_node < self.ranks_override
                 <= self.nodes * self.gpus_per_node):
@@ -120,6 +143,13 @@ class Cluster:
         sizes = [self.gpus_per_node] * self.nodes
         sizes[-1] = self.ranks - (self.nodes - 1) * self.gpus_per_node
         return sizes
+
+    def cpu_slowdown(self):
+        """Per rank: how many times slower its CPU work runs (its node's ranks per core, at
+        least 1)."""
+        per_node = [1.0 if self.cores_per_node is None else max(1.0, k / self.cores_per_node)
+                    for k in self.node_sizes]
+        return np.repeat(per_node, self.node_sizes)
 
     @property
     def homogeneous(self):
@@ -168,11 +198,15 @@ class Cluster:
         return self.selector_model().to_text()
 
     def describe(self):
+        cores = ("unlimited cores" if self.cores_per_node is None
+                 else f"{self.cores_per_node:g} cores")
         return (f"{self.ranks} GPUs = {self.nodes} nodes x {self.gpus_per_node}; intra "
                 f"α={self.alpha_intra:.3g}s β={self.beta_intra:.3g}s/B; "
                 f"NIC α={self.alpha_inter:.3g}s "
                 f"β={self.beta_inter:.3g}s/B; γ={self.gamma:.3g}s/B; segments "
-                f"{self.segment_bytes or 'off'}")
+                f"{self.segment_bytes or 'off'}; CPU: "
+                f"{cores}/node, copy {self.copy_beta_intra:.3g}/"
+                f"{self.copy_beta_inter:.3g}s/B, {self.call_overhead:.3g}s/call")
 
 
 def link_beta(rate):

@@ -8,11 +8,16 @@ fusecomm's algorithms cut theirs. Segment j of a message in round r starts when
 - the sender's port has sent segment j-1 and the receiver's port has taken it in.
 It occupies the ports for bytes·β (β of the link it crosses: the rank's own intra-node port, or
 the node's NIC shared by every flow leaving, or entering, the node in that round, no faster than
-one flow alone goes), arrives α later, and a reducing receiver then spends bytes·γ on it. So segments of consecutive rounds
-pipeline (a ring forwards a segment while the next is still arriving), flows on one NIC slow
-each other, and uneven schedules (folded ranks, partial grids) wait where the real ones wait.
+one flow alone goes) — or longer, bytes·copy_beta·slowdown (intra or inter), when the CPU of
+either end (shared by more ranks than cores: `Cluster.cpu_slowdown`) cannot drive it faster —
+and arrives α later. A reducing receiver then spends bytes·γ·slowdown on it on its core, once
+the core has finished reducing the previous segment. Every rank starts after
+`call_overhead`·slowdown of software. So segments of consecutive rounds pipeline (a ring
+forwards a segment while the next is still arriving), flows on one NIC slow each other, and
+uneven schedules (folded ranks, partial grids) wait where the real ones wait.
 
-With one segment per message and no contention a symmetric schedule takes exactly
+With one segment per message, no contention and unlimited cores (or ranks <= cores, no copy
+cost, no overhead) a symmetric schedule takes exactly
 Σ over rounds of (α + bytes·β (+ bytes·γ when reducing)): the closed forms of
 shared/REFERENCE.md, which tests/test_simulate.py holds the model to.
 """
@@ -50,7 +55,10 @@ def _covering(j, held, g):
 def simulate_rounds(rounds, cluster, keep_timeline=False):
     p = cluster.ranks
     node = np.arange(p) // cluster.gpus_per_node
-    ready = np.zeros((p, 1))  # per rank: time each segment of its data is ready
+    slowdown = cluster.cpu_slowdown()
+    # per rank: time each segment of its data is ready (after the call's software overhead)
+    ready = np.full((p, 1), cluster.call_overhead) * slowdown[:, None]
+    cpu_free = ready[:, 0].copy()  # when each rank's core has finished its last reduction
     resolution = np.ones(p, dtype=np.int64)  # segments of each rank's last round
     tx_free, rx_free = np.zeros(p), np.zeros(p)
     steps, sent = np.zeros(p, dtype=np.int64), np.zeros(p)
@@ -78,8 +86,11 @@ def simulate_rounds(rounds, cluster, keep_timeline=False):
         alpha = np.where(crossing, np.where(share > 1, cluster.alpha_inter, alpha_one),
                          cluster.alpha_intra)
         piece = nbytes / g
-        occupy = piece * beta
-        latency = alpha + (piece * cluster.gamma if rnd.reduce else 0.0)
+        # The slower of the link and the CPUs that drive the two ends.
+        cpu_beta = (np.where(crossing, cluster.copy_beta_inter, cluster.copy_beta_intra)
+                    * np.maximum(slowdown[src], slowdown[dst]))
+        occupy = piece * np.maximum(beta, cpu_beta)
+        reduce_time = piece * cluster.gamma * slowdown[dst] if rnd.reduce else 0.0
         new_src = np.empty((src.size, g))
         new_dst = np.empty((dst.size, g))
         first_start = math.inf
@@ -93,7 +104,12 @@ def simulate_rounds(rounds, cluster, keep_timeline=False):
             tx_free[src] = end
             rx_free[dst] = end
             new_src[:, j] = np.maximum(src_ready, end)
-            new_dst[:, j] = np.maximum(dst_ready, end + latency)
+            # A rank receives at most one message per round: dst has no repeats.
+            arrived = end + alpha
+            if rnd.reduce:
+                arrived = np.maximum(arrived, cpu_free[dst]) + reduce_time
+                cpu_free[dst] = arrived
+            new_dst[:, j] = np.maximum(dst_ready, arrived)
             if j == 0:
                 first_start = float(start.min())
         # A rank that both sends and receives holds its data when both are done.
