@@ -11,31 +11,29 @@ from conftest import run_ranks, test_seed
 MODEL_DEFAULTS = {"FUSECOMM_CALIBRATE": "0"}
 
 
+def check_plan_run(plan, mode, ranks):
+    seed = test_seed()
+    out = run_ranks("core_fusion_plan.py", ranks, plan, mode, seed, timeout=180,
+                    env=MODEL_DEFAULTS)
+    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+
+
 # Threshold fusion is every other multi-rank test's default; 4 ranks are for the learned plan.
 @pytest.mark.parametrize("plan, ranks", [("threshold", 2), ("threshold", 3), ("layerwise", 2),
                                          ("layerwise", 3), ("mgwfbp", 2), ("mgwfbp", 3),
                                          ("mgwfbp", 4)])
 def test_fusion_plans_correct_and_agreed(plan, ranks):
-    seed = test_seed()
-    out = run_ranks("core_fusion_plan.py", ranks, plan, "plain", seed, timeout=180,
-                    env=MODEL_DEFAULTS)
-    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+    check_plan_run(plan, "plain", ranks)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mgwfbp_replans_when_timings_drift(ranks):
-    seed = test_seed()
-    out = run_ranks("core_fusion_plan.py", ranks, "mgwfbp", "drift", seed, timeout=180,
-                    env=MODEL_DEFAULTS)
-    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+    check_plan_run("mgwfbp", "drift", ranks)
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_mgwfbp_ranks_submitting_in_different_orders(ranks):
-    seed = test_seed()
-    out = run_ranks("core_fusion_plan.py", ranks, "mgwfbp", "reversed", seed, timeout=180,
-                    env=MODEL_DEFAULTS)
-    assert out.count("OK") == ranks, f"seed {seed}\n{out}"
+    check_plan_run("mgwfbp", "reversed", ranks)
 
 
 def test_unknown_fusion_plan_is_rejected():
