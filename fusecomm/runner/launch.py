@@ -257,7 +257,7 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
     backstop = threading.Timer(grace, stop_job)
     backstop.daemon = True
     backstop_started = False
-    ended_ranks = set()
+    ended_ranks = {}  # rank -> its exit status, from the wrappers' end markers
     # Open MPI 4.1 under --enable-recovery can wait forever once a rank on a remote host has
     # died, even after every other rank has exited: once every rank's wrapper has said it ended
     # and a rank failed, mpirun gets a short grace and is then ended.
@@ -268,11 +268,8 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
         for line in proc.stdout:
             if _PMIX_NOTICE_NOISE.match(line):
                 continue
-            ends = rank_wrapper.END_MARKER_PATTERN.findall(line)
-            if ends:
-                ended_ranks.update(ends)
-                line = rank_wrapper.END_MARKER_PATTERN.sub("", line)
-                line = line if line.strip() else ""
+            ends, line = rank_wrapper.take_end_markers(line)
+            ended_ranks.update(ends)
             if line:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -281,7 +278,8 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
                 if known and not backstop_started:
                     backstop_started = True
                     backstop.start()
-            if (len(ended_ranks) >= args.np and failures.first() is not None
+            if (len(ended_ranks) >= args.np
+                    and (failures.first() is not None or any(ended_ranks.values()))
                     and not lingering.is_alive() and not lingering.finished.is_set()):
                 lingering.start()
         code = proc.wait()
@@ -296,4 +294,10 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
         print(f"fusecomm run: the first rank to fail: {rank_wrapper.without_time(first_failure)}",
               file=sys.stderr)
         return rank_wrapper.exit_status(first_failure) or code or 1
+    failed = sorted((rank, status) for rank, status in ended_ranks.items() if status != 0)
+    if failed:
+        # A failure marker lost in mangled output: the end markers still carry the status.
+        rank, status = failed[0]
+        print(f"fusecomm run: rank {rank} exited with status {status}", file=sys.stderr)
+        return status
     return code

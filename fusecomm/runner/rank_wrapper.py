@@ -19,10 +19,13 @@ import sys
 import time
 
 MARKER = "[fusecomm run] "
-# Printed by every rank's wrapper when its command has ended, however it ended; the launcher
-# counts these (and does not pass them on) to know when the whole job is over.
+# Printed by every rank's wrapper when its command has ended, however it ended, with its exit
+# status; the launcher counts these (and does not pass them on) to know when the whole job is
+# over, and reads the status from them because mpirun under --enable-recovery exits 0 even when
+# a rank failed. mpirun can glue another rank's output right after one, so the pattern ends
+# at the number.
 END_MARKER = "[fusecomm run:end] "
-END_MARKER_PATTERN = re.compile(r"\[fusecomm run:end\] rank (\S+)")
+END_MARKER_PATTERN = re.compile(r"\[fusecomm run:end\] rank (\d+|\?) code (-?\d+)")
 REPORT_FD_VARIABLE = "FUSECOMM_RUN_REPORT_FD"
 
 
@@ -101,15 +104,26 @@ def _marker(text, failed_at, blamed=None):
           flush=True)
 
 
-def _end_marker():
-    print(f"{END_MARKER}rank {rank_id()}", file=sys.stderr, flush=True)
+def _end_marker(code):
+    print(f"{END_MARKER}rank {rank_id()} code {code}", file=sys.stderr, flush=True)
+
+
+def take_end_markers(line):
+    """(the {rank: exit status} of the end markers in `line`, the line without them)."""
+    ends = {rank: int(code) for rank, code in END_MARKER_PATTERN.findall(line)}
+    if not ends:
+        return ends, line
+    rest = END_MARKER_PATTERN.sub("", line)
+    return ends, rest if rest.strip() else ""
 
 
 def main(argv):
+    code = 1  # what Python exits with if the wrapper itself fails
     try:
-        return _run_rank(argv)
+        code = _run_rank(argv)
+        return code
     finally:
-        _end_marker()
+        _end_marker(code)
 
 
 def _run_rank(argv):
