@@ -154,10 +154,15 @@ def test_launcher_ends_ranks_stuck_outside_fusecomm():
     class Args:
         liveness_timeout_seconds = str(LIVENESS)
         init_timeout_seconds = str(INIT_LIMIT)
+        failure_grace_seconds = None
 
-    grace = launch.failure_grace_seconds(Args())
+    # The default grace (from the timeouts) is what a job gets; the test sets a shorter one
+    # through the environment, as a user may.
+    assert launch.failure_grace_seconds(Args()) == 2 * max(LIVENESS, INIT_LIMIT) + 30
+    grace = 12.0
     started = time.monotonic()
-    proc, elapsed = fusecomm_run(2, sys.executable, SCRIPT, "never_init", 0)
+    proc, elapsed = fusecomm_run(2, sys.executable, SCRIPT, "never_init", 0,
+                                 env={"FUSECOMM_FAILURE_GRACE_SECONDS": str(grace)})
     out = proc.stdout
     assert proc.returncode == 1, out
     assert f"[fusecomm] rank 1: init() gave up after {INIT_LIMIT} s waiting for the other" in out

@@ -62,6 +62,11 @@ def add_arguments(parser):
     parser.add_argument("--hostfile", help="file of hosts, one 'host slots=N' per line")
     parser.add_argument("--mpi-args", default="", help="extra arguments passed to mpirun as is")
     parser.add_argument("--verbose", action="store_true", help="print the mpirun command")
+    parser.add_argument("--failure-grace-seconds", type=float,
+                        default=os.environ.get("FUSECOMM_FAILURE_GRACE_SECONDS"),
+                        help="how long the other ranks may run on after one failed before the "
+                             "job is ended (also FUSECOMM_FAILURE_GRACE_SECONDS; default "
+                             "2 x max(liveness, init timeout) + 30 s)")
     for key in _SETTINGS:
         parser.add_argument("--" + key.replace("_", "-"), dest=key,
                             help=f"sets {_SETTINGS[key]} on every rank")
@@ -141,6 +146,9 @@ def failure_grace_seconds(args):
     init timeout) and an exit after a failure within another such period, so this is reached
     only when a rank is stuck outside fusecomm; with --enable-recovery mpirun itself would never
     end the job then."""
+    chosen = getattr(args, "failure_grace_seconds", None)
+    if chosen is not None and float(chosen) > 0:
+        return float(chosen)
     waits = max(_seconds_setting(args, "liveness_timeout_seconds", 15.0),
                 _seconds_setting(args, "init_timeout_seconds", 60.0))
     return 2 * waits + 30.0
