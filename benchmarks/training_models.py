@@ -52,8 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="default: every variant (Horovod where installed)")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=7,
-                   help="untimed steps first (MG-WFBP plans after its 5th step)")
+    p.add_argument("--warmup", type=int, default=12,
+                   help="untimed steps first: MG-WFBP plans after its 5th step, and its new "
+                        "buckets' sizes are then raced once by auto (half a second per size "
+                        "class across 1 Gbit/s links), which must not land in the timed steps")
     p.add_argument("--batch-size", type=int, default=8, help="samples per rank per step")
     p.add_argument("--mlp-width", type=int, default=512)
     p.add_argument("--cnn-width", type=int, default=8, help="channels of the first stage")
@@ -64,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write every run and the summary to this JSON file")
     p.add_argument("--plot", help="write a PNG of throughput per model to this file")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per launch")
+    p.add_argument("--testbed", action="store_true",
+                   help="launch across the nodes of the `fusecomm testbed` that is up (root; "
+                        "--ranks at most its nodes x slots), not on this machine directly")
     p.add_argument("--summarise", metavar="JSON",
                    help="report (and plot) the runs of an earlier --json file again, run nothing")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # run index
@@ -260,11 +265,29 @@ def forwarded_options(args):
                   "--variants", *args.variants]
 
 
+def testbed_launch(ranks, worker_cmd, env):
+    """`fusecomm testbed run` of the worker: rank 0 runs on the first node, so Gloo's rendezvous
+    is at that node's address, over the nodes' eth0 (the shaped links)."""
+    from fusecomm.runner import testbed
+
+    state = testbed.read_state()
+    if not state or not testbed.is_complete(state):
+        sys.exit("--testbed: no testbed is up (fusecomm testbed up --nodes N --slots K ...)")
+    env.update(MASTER_ADDR=state["addresses"][state["nodes"][0]], GLOO_SOCKET_IFNAME="eth0")
+    return [sys.executable, "-P", "-m", "fusecomm.runner.cli", "testbed", "run", "-np", str(ranks),
+            "--mpi-args", "-x MASTER_ADDR -x MASTER_PORT -x GLOO_SOCKET_IFNAME -x PYTHONUNBUFFERED",
+            "--", *worker_cmd]
+
+
 def launch(args, ranks, run):
     mpirun, env = launch_environment()
-    cmd = [mpirun, "--oversubscribe", "-np", str(ranks), "-x", "MASTER_ADDR", "-x", "MASTER_PORT",
-           sys.executable, os.path.abspath(__file__), "--worker", str(run),
-           *forwarded_options(args)]
+    worker_cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(run),
+                  *forwarded_options(args)]
+    if args.testbed:
+        cmd = testbed_launch(ranks, worker_cmd, env)
+    else:
+        cmd = [mpirun, "--oversubscribe", "-np", str(ranks), "-x", "MASTER_ADDR", "-x",
+               "MASTER_PORT", *worker_cmd]
     try:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=args.timeout)
