@@ -259,7 +259,7 @@ def print_table(results):
 def size_text(nbytes):
     for unit, scale in (("MB", 1e6), ("KB", 1e3)):
         if nbytes >= scale:
-            return f"{nbytes / scale:.2g} {unit}"
+            return f"{nbytes / scale:.{1 if nbytes < 10 * scale else 0}f} {unit}"
     return f"{nbytes} B"
 
 
