@@ -38,6 +38,8 @@ def parse_args(argv=None):
         p.add_argument("--" + size, type=int, default=default,
                        help="model size, as in benchmarks/training_models.py")
     p.add_argument("--timeout", type=int, default=600, help="seconds per launch")
+    p.add_argument("--testbed", action="store_true",
+                   help="launch across the nodes of the `fusecomm testbed` that is up (root)")
     p.add_argument("--worker", choices=PLANS, help=argparse.SUPPRESS)
     p.add_argument("--trace-dir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -224,7 +226,10 @@ def run_plan(args, plan, trace_dir):
     forwarded = [w for key in ("model", "steps", "warmup", "batch_size", "mlp_width",
                                "cnn_width", "seq_len", "d_model")
                  for w in ("--" + key.replace("_", "-"), str(getattr(args, key)))]
-    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", "run", "-np", str(args.ranks),
+    # The testbed's nodes share this machine's clock and file system, so the traces and the
+    # slowest rank's backward end read the same there.
+    launcher = ["testbed", "run"] if args.testbed else ["run"]
+    cmd = [sys.executable, "-P", "-m", "fusecomm.runner.cli", *launcher, "-np", str(args.ranks),
            "--fusion-plan", plan, "--", sys.executable, os.path.abspath(__file__),
            "--worker", plan, "--trace-dir", trace_dir, *forwarded]
     # A lost peer becomes a named error well inside the launch's time limit.
