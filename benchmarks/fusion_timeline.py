@@ -16,10 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from launching import run_launch  # noqa: E402  (benchmarks/)
 
 PLANS = ("threshold", "layerwise", "mgwfbp")
 MODELS = ("mlp", "resnet18", "transformer")  # benchmarks/training_models.py's BUILDERS
@@ -235,13 +236,7 @@ def run_plan(args, plan, trace_dir):
     # A lost peer becomes a named error well inside the launch's time limit.
     env = {"FUSECOMM_DATA_TIMEOUT_SECONDS": "60", "FUSECOMM_STALL_SHUTDOWN_SECONDS": "120",
            **os.environ, "PYTHONUNBUFFERED": "1"}
-    try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"the {plan} run on {args.ranks} ranks did not finish in {args.timeout}s")
-    if proc.returncode != 0:
-        sys.exit(f"the {plan} run failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+    run_launch(cmd, env, args.timeout, f"the {plan} run on {args.ranks} ranks")
     with open(os.path.join(trace_dir, f"{plan}.trace.json")) as f:
         events = json.load(f)
     with open(os.path.join(trace_dir, f"{plan}.steps.json")) as f:

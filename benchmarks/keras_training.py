@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from launching import run_launch  # noqa: E402  (benchmarks/)
 from throughput_plot import plot_throughput  # noqa: E402  (benchmarks/)
 
 FRAMEWORKS = ("fusecomm", "mwms")
@@ -276,14 +277,8 @@ def launch_mpirun(args, role, ranks):
     # 1-rank run half the machine that the MWMS processes (never bound) get.
     cmd = [mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(ranks),
            *worker_command(args, role, ranks)]
-    try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"{role} on {ranks} ranks did not finish in {args.timeout}s")
-    if proc.returncode != 0:
-        sys.exit(f"{role} on {ranks} ranks failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
-    return results_of(proc.stdout, f"{role} on {ranks} ranks")
+    what = f"{role} on {ranks} ranks"
+    return results_of(run_launch(cmd, env, args.timeout, what), what)
 
 
 def launch_mwms(args, ranks):

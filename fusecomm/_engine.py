@@ -56,11 +56,27 @@ def group(process_set_id=0):
         _core.end_group(process_set_id)
 
 
+_submitter = threading.local()  # .waits: this thread synchronizes what it submits at once
+
+
+def waited(start, *args, **kwargs):
+    """start(*args, **kwargs), an *_async call, for a caller that synchronizes its handle right
+    away (the synchronous API): the engine thread is not woken for it, since the waiting thread
+    drives the engine's cycle itself (a wake-up per call competes for the cores)."""
+    _submitter.waits = True
+    try:
+        return start(*args, **kwargs)
+    finally:
+        _submitter.waits = False
+
+
 def submit(request, keep_alive, finisher):
     """Queues one collective (a _core.Request, built by fusecomm/_frontend/collectives.py);
     returns the engine's handle id. `keep_alive` (the tensors behind the request's pointers)
     lives until the handle is synchronized; `finisher(result)` turns the engine's result tuple
     (uint8 array, DeviceBuffer or None; shape; received splits) into what synchronize returns."""
+    if getattr(_submitter, "waits", False):
+        request.caller_waits = True
     handle = _core.enqueue(request)
     with _lock:
         _handles[handle] = (keep_alive, finisher)

@@ -35,6 +35,7 @@ struct EnqueueRequest {
   std::string algorithm = "auto";
   std::vector<int64_t> splits;
   int process_set = 0;
+  bool caller_waits = false;
 };
 
 int64_t Enqueue(const EnqueueRequest& in) {
@@ -59,6 +60,7 @@ int64_t Enqueue(const EnqueueRequest& in) {
   request.output = reinterpret_cast<void*>(in.output);
   request.splits = in.splits;
   request.stream = in.stream;
+  request.caller_waits = in.caller_waits;
   return Engine::Get().Submit(in.process_set, std::move(request));
 }
 
@@ -154,7 +156,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("stream", &EnqueueRequest::stream)
       .def_readwrite("algorithm", &EnqueueRequest::algorithm)
       .def_readwrite("splits", &EnqueueRequest::splits)
-      .def_readwrite("process_set", &EnqueueRequest::process_set);
+      .def_readwrite("process_set", &EnqueueRequest::process_set)
+      .def_readwrite("caller_waits", &EnqueueRequest::caller_waits);
   m.def("enqueue", &Enqueue, py::arg("request"));
   m.def("begin_group", [](int process_set) { Engine::Get().BeginGroup(process_set); });
   m.def("end_group", [](int process_set) { Engine::Get().EndGroup(process_set); });
@@ -211,6 +214,17 @@ PYBIND11_MODULE(_core, m) {
         d["buckets"] = state.buckets;
         d["plans_made"] = state.plans_made;
         d["steps_seen"] = state.steps_seen;
+        return d;
+      },
+      py::arg("process_set_id") = 0);
+  m.def(
+      "hand_off_counts",
+      [](int process_set_id) {
+        auto counts = Engine::Get().HandOffCountsOf(process_set_id);
+        py::dict d;
+        d["cycles_by_engine_thread"] = counts.cycles_by_engine_thread;
+        d["cycles_by_callers"] = counts.cycles_by_callers;
+        d["engine_thread_wakeups"] = counts.engine_thread_wakeups;
         return d;
       },
       py::arg("process_set_id") = 0);

@@ -209,6 +209,11 @@ std::string Engine::CostModelText() {
   return (model.calibrated ? "calibrated\n" : "defaults\n") + model.ToText();
 }
 
+ProcessSetWorker::HandOffCounts Engine::HandOffCountsOf(int process_set) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return WorkerFor(process_set).hand_off_counts();
+}
+
 FusionPlanState Engine::FusionPlanOf(int process_set) {
   std::lock_guard<std::mutex> lock(mutex_);
   return WorkerFor(process_set).fusion_plan();

@@ -72,6 +72,7 @@ class Engine {
   std::string CostModelText();
   // The fusion plan a process set's engine follows now (FUSECOMM_FUSION_PLAN).
   FusionPlanState FusionPlanOf(int process_set);
+  ProcessSetWorker::HandOffCounts HandOffCountsOf(int process_set);
 
   // Chrome-trace timeline of this rank's engine (rank 0's is the one Horovod users expect; any
   // rank may write one). Stop() finishes the file.

@@ -43,6 +43,7 @@ ProcessSetWorker::ProcessSetWorker(int id, std::unique_ptr<ControlChannel> contr
 ProcessSetWorker::~ProcessSetWorker() { Shutdown(); }
 
 void ProcessSetWorker::Submit(Request request) {
+  bool caller_drives = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopped_ || shutdown_requested_) {
@@ -69,13 +70,18 @@ void ProcessSetWorker::Submit(Request request) {
       }
       if (!request.spec.argument_error.empty()) rejected_.insert(name);
       if (request.spec.device >= 0) device_seen_ = true;
+      caller_drives = request.caller_waits && !device_seen_;
       // MG-WFBP's ready time: when the caller submitted (the engine thread may take several
       // submissions in at once when it wakes late).
       request.submitted = std::chrono::steady_clock::now();
-      (group_depth_ > 0 ? held_ : queue_).push_back(std::move(request));
-      if (group_depth_ > 0) return;
+      if (group_depth_ > 0) {
+        held_.push_back(std::move(request));
+        return;
+      }
+      Enqueue(std::move(request));
     }
   }
+  if (caller_drives && size() > 1) return;  // its wait drives the cycle (Request::caller_waits)
   Wake();
 }
 
@@ -83,7 +89,17 @@ void ProcessSetWorker::Wake() {
   // Alone in the set, nothing is negotiated: the submitting thread completes the request at
   // once, and the engine thread stays asleep (it would compete with the caller's compute).
   if (size() == 1 && DriveCycle(nullptr, std::chrono::milliseconds(0))) return;
+  ++wakeups_;
   wake_.notify_one();
+}
+
+void ProcessSetWorker::Enqueue(Request request) {
+  if (queue_.empty()) queue_fresh_until_ = std::chrono::steady_clock::now() + kHandOffGrace;
+  queue_.push_back(std::move(request));
+}
+
+bool ProcessSetWorker::QueueFresh(std::chrono::steady_clock::time_point now) const {
+  return !queue_.empty() && now < queue_fresh_until_ && !shutdown_requested_ && !stopped_;
 }
 
 void ProcessSetWorker::BeginGroup() {
@@ -96,7 +112,7 @@ void ProcessSetWorker::EndGroup() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (group_depth_ == 0) throw InvalidArgument("EndGroup without BeginGroup");
     if (--group_depth_ > 0 || held_.empty()) return;
-    for (Request& request : held_) queue_.push_back(std::move(request));
+    for (Request& request : held_) Enqueue(std::move(request));
     held_.clear();
   }
   Wake();
@@ -144,6 +160,7 @@ bool ProcessSetWorker::DriveCycle(HandleState* waiting, std::chrono::millisecond
   // The engine thread's cycle may have completed it while this thread waited for the lock.
   if (waiting && waiting->Done()) return true;
   BoundDataWaits(config_.data_timeout_seconds);
+  ++cycles_by_callers_;
   CycleOnce();
   return true;
 }
@@ -176,27 +193,40 @@ void ProcessSetWorker::Loop() {
         // waiting on this rank's bits make progress.
         wake_.wait_until(lock, next_cycle, woken);
       }
-      if (!queue_.empty() && !shutdown_requested_ && !stopped_) {
-        // Woken by a submission: the submitting thread usually waits on it next and drives
-        // the cycle itself (DriveCycle); a short grace lets it, so this thread does not race
-        // it for the core and the cycle. Asynchronous work still starts within the grace.
-        wake_.wait_for(lock, kHandOffGrace, [this] { return queue_.empty() || stopped_ ||
-                                                            shutdown_requested_; });
+      // Woken by a submission: the submitting thread usually waits on it next and drives the
+      // cycle itself (DriveCycle); a short grace lets it, so this thread does not race it for
+      // the core and the cycle. Asynchronous work still starts within the grace.
+      if (QueueFresh(std::chrono::steady_clock::now())) {
+        wake_.wait_until(lock, queue_fresh_until_, [this] { return queue_.empty() || stopped_ ||
+                                                                   shutdown_requested_; });
+        if (queue_.empty() && !stopped_ && !shutdown_requested_) {
+          // A caller's cycle took it. Not taking the cycle lock now keeps that caller from
+          // having to wake this thread when it releases the lock.
+          next_cycle = std::chrono::steady_clock::time_point(
+                           std::chrono::steady_clock::duration(last_cycle_ticks_.load())) +
+                       cycle;
+          continue;
+        }
       }
     }
     std::lock_guard<std::timed_mutex> cycle_lock(cycle_mutex_);
     if (stopped_) return;
-    bool queued;
+    bool queued, fresh;
     {
-      // After the cycle lock: a caller's cycle may have taken the queue that woke this thread,
-      // and an extra cycle here would keep the peers waiting for it to be matched.
+      // After the cycle lock: a caller's cycle may have taken the queue that woke this thread
+      // (an extra cycle here would keep the peers waiting for it to be matched), and the
+      // caller may have submitted its next request meanwhile, which is its own to drive too:
+      // taking it would make the caller wait for this thread's cycle and a wake-up.
       std::lock_guard<std::mutex> lock(mutex_);
       queued = WorkQueued();
+      fresh = QueueFresh(std::chrono::steady_clock::now());
     }
     // A caller may have run the cycle meanwhile (DriveCycle): the next idle cycle is due a cycle
     // time after the last one, whoever ran it.
     next_cycle = last_cycle_ + cycle;
+    if (fresh) continue;
     if (!queued && std::chrono::steady_clock::now() < next_cycle) continue;
+    ++cycles_by_engine_thread_;
     if (!CycleOnce()) return;
     next_cycle = last_cycle_ + cycle;
   }
@@ -204,6 +234,7 @@ void ProcessSetWorker::Loop() {
 
 bool ProcessSetWorker::CycleOnce() {
   last_cycle_ = std::chrono::steady_clock::now();
+  last_cycle_ticks_.store(last_cycle_.time_since_epoch().count());
   std::string reason;
   try {
     int shutdown_requested;

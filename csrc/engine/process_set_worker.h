@@ -53,6 +53,16 @@ class ProcessSetWorker : public CycleDriver {
   void Shutdown(bool at_exit = false);
   bool stopped() const { return stopped_; }
   FusionPlanState fusion_plan() const { return executor_.fusion_plan(); }
+  // Who ran this set's cycles, and how often a submission woke the engine thread: what the
+  // hand-off costs (docs/performance.md, "Engine hand-off").
+  struct HandOffCounts {
+    uint64_t cycles_by_engine_thread = 0;
+    uint64_t cycles_by_callers = 0;
+    uint64_t engine_thread_wakeups = 0;
+  };
+  HandOffCounts hand_off_counts() const {
+    return {cycles_by_engine_thread_.load(), cycles_by_callers_.load(), wakeups_.load()};
+  }
 
   bool DriveCycle(HandleState* waiting, std::chrono::milliseconds max_wait) override;
   std::chrono::microseconds CycleTime() const override;
@@ -63,6 +73,10 @@ class ProcessSetWorker : public CycleDriver {
   bool WorkQueued() const;
   // Wakes a thread to run a cycle for new work: this one when the rank is alone in the set.
   void Wake();
+  // Appends to the queue (mutex_ held), starting the hand-off grace when it was empty.
+  void Enqueue(Request request);
+  // The queue holds work still left to its submitter (mutex_ held).
+  bool QueueFresh(std::chrono::steady_clock::time_point now) const;
   // One cycle: takes the queue, negotiates, executes (cycle_mutex_ held, not stopped). Returns
   // false when the set stopped in it.
   bool CycleOnce();
@@ -89,11 +103,18 @@ class ProcessSetWorker : public CycleDriver {
   std::timed_mutex cycle_mutex_;
   PendingTable pending_;
   std::chrono::steady_clock::time_point last_cycle_ = std::chrono::steady_clock::now();
+  // last_cycle_ for the engine thread's pace outside the cycle lock.
+  std::atomic<std::chrono::steady_clock::rep> last_cycle_ticks_{
+      last_cycle_.time_since_epoch().count()};
+  std::atomic<uint64_t> cycles_by_engine_thread_{0}, cycles_by_callers_{0}, wakeups_{0};
   std::atomic<bool> device_seen_{false};  // a device tensor was submitted: the engine thread only
 
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<Request> queue_;
+  // Until when the queue's work is left to its submitter, who usually waits on it next and
+  // drives the cycle itself (set when the queue becomes non-empty; see Loop).
+  std::chrono::steady_clock::time_point queue_fresh_until_;
   std::vector<Request> held_;  // submitted inside a group, not yet queued
   int group_depth_ = 0;
   std::unordered_set<std::string> in_flight_;

@@ -127,6 +127,11 @@ struct Request {
   // When the caller submitted it: a gradient's ready time for MG-WFBP (the engine thread may
   // take several submissions in at once when it wakes late).
   std::chrono::steady_clock::time_point submitted;
+  // The submitting thread waits on it at once (a synchronous call) and drives the cycle itself:
+  // the engine thread is not woken for it (a wake-up per call cost a core's worth of context
+  // switches on a busy node). Should the caller not drive it, the engine thread's next cycle
+  // (within the cycle time) runs it.
+  bool caller_waits = false;
 };
 
 // Agreed by all ranks of a process set: run `spec`, or fail everybody's request with `error`.

@@ -6,13 +6,17 @@ per rank mix synchronous all-reduces (the caller drives the cycle), asynchronous
 later (the engine thread runs them while the caller computes) and one grouped submission, on the
 global set and on a sub-set, so that callers and engine threads race for the cycles; every
 result is checked against NumPy. On a one-rank set an asynchronous all-reduce is done before
-synchronize() is called."""
+synchronize() is called. A synchronous call wakes no engine thread (its caller drives the
+cycle), an asynchronous one wakes it exactly once, and a synchronous-style submission nobody
+waits on is still run by the engine thread's own cycles."""
 import sys
 import threading
+import time
 
 import numpy as np
 
 import fusecomm as hvd
+from fusecomm import _core, _engine
 from _util import rank_data, run_main
 from core_collectives import check_equal
 
@@ -73,9 +77,46 @@ def main():
         assert not th.is_alive(), f"a thread did not finish in 240 s (seed {seed})"
     if errors:
         raise errors[0]
+    if n > 1:
+        check_wakeups(seed, rank, n)
     hvd.barrier()
     print(f"rank {rank}: OK", flush=True)
     hvd.shutdown()
+
+
+def check_wakeups(seed, rank, n, calls=60):
+    ref_of = lambda i: sum(rank_data(seed + i, q, (5 + i,), "float32") for q in range(n))  # noqa
+    before = _core.hand_off_counts()
+    for i in range(calls):
+        got = hvd.allreduce(rank_data(seed + i, rank, (5 + i,), "float32"), op=hvd.Sum,
+                            name=f"wake.sync{i}")
+        check_equal(got, ref_of(i), "float32", f"synchronous call {i} (seed {seed})")
+    after = _core.hand_off_counts()
+    woken = after["engine_thread_wakeups"] - before["engine_thread_wakeups"]
+    cycles = sum(after[k] - before[k] for k in ("cycles_by_callers", "cycles_by_engine_thread"))
+    assert woken == 0, f"{calls} synchronous calls woke the engine thread {woken} times: {after}"
+    assert cycles >= calls, f"{calls} calls in {cycles} cycles on rank {rank}: {after}"
+    before = after
+    for i in range(calls):
+        handle = hvd.allreduce_async(rank_data(seed + i, rank, (5 + i,), "float32"),
+                                     op=hvd.Sum, name=f"wake.async{i}")
+        check_equal(hvd.synchronize(handle), ref_of(i), "float32", f"async {i} (seed {seed})")
+    woken = hvd_wakeups() - before["engine_thread_wakeups"]
+    assert woken == calls, f"{calls} asynchronous calls woke the engine thread {woken} times"
+    # Submitted as a synchronous call would be, then not waited on: the engine thread's idle
+    # cycles (every FUSECOMM_CYCLE_TIME_MS) must run it; poll() drives nothing.
+    hvd.barrier()
+    handle = _engine.waited(hvd.allreduce_async, rank_data(seed, rank, (5,), "float32"),
+                            op=hvd.Sum, name="wake.unattended")
+    deadline = time.monotonic() + 60
+    while not hvd.poll(handle):
+        assert time.monotonic() < deadline, f"an unattended submission did not run (seed {seed})"
+        time.sleep(0.005)
+    check_equal(hvd.synchronize(handle), ref_of(0), "float32", f"unattended (seed {seed})")
+
+
+def hvd_wakeups():
+    return _core.hand_off_counts()["engine_thread_wakeups"]
 
 
 if __name__ == "__main__":
