@@ -200,7 +200,10 @@ def launch(args, ranks):
     mpirun, env = launch_environment()
     forwarded = ["--steps", args.steps, "--warmup", args.warmup, "--batch-size", args.batch_size,
                  "--width", args.width, "--layers", args.layers, "--threads", args.threads]
-    cmd = [mpirun, "--oversubscribe", "-np", str(ranks), "-x", "MASTER_ADDR", "-x", "MASTER_PORT",
+    # No core binding (as `fusecomm run`): Open MPI binds each of up to 2 ranks to one core,
+    # and a 1-rank job's two PyTorch threads then share that core (3.5x slower measured).
+    cmd = [mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(ranks), "-x",
+           "MASTER_ADDR", "-x", "MASTER_PORT",
            sys.executable, os.path.abspath(__file__), "--worker", ",".join(args.frameworks),
            *map(str, forwarded)]
     try:
