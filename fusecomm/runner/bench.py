@@ -133,6 +133,11 @@ def worker(argv):
         elif rank == 0:
             print("mpi4py is not installed: skipping the MPI_Allreduce reference",
                   file=sys.stderr)
+    # MPI has no 16-bit float type: no MPI_Allreduce reference for float16.
+    mpi_lacks_type = dtype.kind == "f" and dtype.itemsize == 2
+    if peer is not None and mpi_lacks_type and rank == 0:
+        print(f"MPI has no {dtype.name} type: skipping the MPI_Allreduce reference",
+              file=sys.stderr)
     horovod = None
     if not args.no_peer:
         try:  # a peer only where it is installed; fusecomm never depends on it
@@ -159,7 +164,7 @@ def worker(argv):
 
         impls = [(f"fusecomm:{a}", (lambda a=a: fusecomm.allreduce_(
             buf, op=fusecomm.Sum, name=f"bench.{a}", algorithm=a))) for a in algorithms]
-        if peer is not None:
+        if peer is not None and not mpi_lacks_type:
             impls.append(("MPI_Allreduce", lambda: peer.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)))
         if horovod is not None:
             tensor = torch.from_numpy(buf)  # shares buf's memory: reset() and the check see it
