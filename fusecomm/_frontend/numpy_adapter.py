@@ -32,6 +32,16 @@ def _host_array(tensor, what):
         raise TypeError(f"{what} must be an array, not {type(tensor).__name__}: {e}") from None
 
 
+_dtype_codes = {}  # np.dtype -> the engine's dtype code; dtype.name costs microseconds a call
+
+
+def _code_of(dtype):
+    code = _dtype_codes.get(dtype)
+    if code is None:
+        code = _dtype_codes[dtype] = dtype_code(dtype.name)  # TypeError naming supported dtypes
+    return code
+
+
 class NumpyAdapter(Adapter):
     def check(self, tensor, what):
         if hasattr(tensor, "__cuda_array_interface__") and not isinstance(tensor, np.ndarray):
@@ -41,7 +51,7 @@ class NumpyAdapter(Adapter):
                 raise ValueError(f"{what} must be C-contiguous (use cupy.ascontiguousarray)")
             return array, code, array.device.id
         array = _host_array(tensor, what)
-        code = dtype_code(array.dtype.name)  # TypeError naming the supported dtypes
+        code = _code_of(array.dtype)
         if not array.dtype.isnative:
             raise TypeError(f"{what} has non-native byte order ({array.dtype.str}); convert it "
                             "with array.astype(array.dtype.newbyteorder('='))")
