@@ -159,7 +159,7 @@ def test_launcher_ends_ranks_stuck_outside_fusecomm():
     # The default grace (from the timeouts) is what a job gets; the test sets a shorter one
     # through the environment, as a user may.
     assert launch.failure_grace_seconds(Args()) == 2 * max(LIVENESS, INIT_LIMIT) + 30
-    grace = 12.0
+    grace = 4.0
     started = time.monotonic()
     proc, elapsed = fusecomm_run(2, sys.executable, SCRIPT, "never_init", 0,
                                  env={"FUSECOMM_FAILURE_GRACE_SECONDS": str(grace)})

@@ -1,5 +1,5 @@
-"""Every fusecomm.tensorflow collective against NumPy references, eagerly and inside
-tf.function, for every dtype and awkward sizes; gradients through every collective; batches,
+"""Every fusecomm.tensorflow collective against NumPy references, eagerly for every dtype and
+inside tf.function and TF1 graphs for a third of them per rank count, at awkward sizes; gradients through every collective; batches,
 variables, objects, barrier and errors across ranks. Each rank regenerates all ranks' data."""
 import sys
 from pathlib import Path
@@ -162,6 +162,10 @@ def check_collectives(n, r):
     for j, dtype_name in enumerate(DTYPES):
         case = Case(dtype_name, SIZES, n, r, seed=1000 * j)
         case.check(case.run(case.inputs()), "eager")
+        # Tracing dominates the graph modes (over 1 s a dtype on a loaded machine), so each rank
+        # count traces a third of the dtypes: the 2-, 3- and 4-rank runs together trace all.
+        if j % 3 != n % 3:
+            continue
         graph_case = Case(dtype_name, GRAPH_SIZES, n, r, seed=1000 * j + 500)
         shapes = {}
         fn = tf.function(lambda x: graph_case.run(x, shapes))

@@ -1,6 +1,7 @@
 """tf_ops.py, tf_training.py and tf_compat.py in one launch: TensorFlow's import dominates a
 rank's start-up on a small machine, so the multi-rank test pays it once per rank count."""
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -16,9 +17,12 @@ import fusecomm.tensorflow as hvd  # noqa: E402
 def main():
     hvd.init()
     n, r = hvd.size(), hvd.rank()
-    tf_ops.run_checks(n, r)
-    tf_training.run_checks(n, r)
-    tf_compat.run_checks(n, r)  # last: it restarts the engine
+    # Each part's time on rank 0, so that a slow CI run shows where it went.
+    for part in (tf_ops, tf_training, tf_compat):  # tf_compat last: it restarts the engine
+        start = time.perf_counter()
+        part.run_checks(n, r)
+        if r == 0:
+            print(f"[tf_suite] {part.__name__} took {time.perf_counter() - start:.1f} s", flush=True)
     hvd.shutdown()
 
 
