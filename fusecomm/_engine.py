@@ -56,18 +56,22 @@ def group(process_set_id=0):
         _core.end_group(process_set_id)
 
 
-_submitter = threading.local()  # .waits: this thread synchronizes what it submits at once
-
-
-def waited(start, *args, **kwargs):
-    """start(*args, **kwargs), an *_async call, for a caller that synchronizes its handle right
-    away (the synchronous API): the engine thread is not woken for it, since the waiting thread
-    drives the engine's cycle itself (a wake-up per call competes for the cores)."""
-    _submitter.waits = True
+def run(request, keep_alive, finisher):
+    """A synchronous call: submit(), then wait and return finisher(result). The engine thread is
+    not woken for it, since this thread drives the engine's cycle itself (a wake-up per call
+    competes for the cores); and nothing is registered unless a signal handler interrupts the
+    wait, when the buffers must outlive the collective still in flight."""
+    request.caller_waits = True
+    handle = _core.enqueue(request)
     try:
-        return start(*args, **kwargs)
-    finally:
-        _submitter.waits = False
+        _core.wait(handle)
+    except _core.CollectiveError:
+        raise
+    except BaseException:
+        with _lock:
+            _handles[handle] = (keep_alive, finisher)
+        raise
+    return finisher(_core.take_result(handle))
 
 
 def submit(request, keep_alive, finisher):
@@ -75,8 +79,6 @@ def submit(request, keep_alive, finisher):
     returns the engine's handle id. `keep_alive` (the tensors behind the request's pointers)
     lives until the handle is synchronized; `finisher(result)` turns the engine's result tuple
     (uint8 array, DeviceBuffer or None; shape; received splits) into what synchronize returns."""
-    if getattr(_submitter, "waits", False):
-        request.caller_waits = True
     handle = _core.enqueue(request)
     with _lock:
         _handles[handle] = (keep_alive, finisher)

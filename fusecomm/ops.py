@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 
-from fusecomm._engine import ALLGATHER, ALLREDUCE, REDUCESCATTER, Average, waited
+from fusecomm._engine import ALLGATHER, ALLREDUCE, REDUCESCATTER, Average
 from fusecomm._frontend import collectives as _collectives
 from fusecomm._frontend.handle import poll, synchronize  # noqa: F401
 from fusecomm._frontend.numpy_adapter import NumpyAdapter
@@ -27,8 +27,8 @@ def allreduce(tensor, average=None, name=None, op=None, prescale_factor=1.0,
               postscale_factor=1.0, process_set=global_process_set, algorithm=None):
     """Reduces `tensor` over all ranks of the process set (default op: Average) and returns
     the result as a new array of the same shape and dtype."""
-    return synchronize(waited(allreduce_async, tensor, average, name, op, prescale_factor,
-                              postscale_factor, process_set, algorithm))
+    return _ops.allreduce(tensor, name, resolve_op(op, average), prescale_factor,
+                          postscale_factor, process_set, algorithm=algorithm, wait=True)
 
 
 def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
@@ -40,8 +40,9 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                postscale_factor=1.0, process_set=global_process_set, algorithm=None):
     """In-place allreduce: the result replaces `tensor`'s contents."""
-    return synchronize(waited(allreduce_async_, tensor, average, name, op, prescale_factor,
-                              postscale_factor, process_set, algorithm))
+    return _ops.allreduce(tensor, name, resolve_op(op, average), prescale_factor,
+                          postscale_factor, process_set, in_place=True, algorithm=algorithm,
+                          wait=True)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
@@ -82,7 +83,7 @@ def allgather_async(tensor, name=None, process_set=global_process_set):
 
 def allgather(tensor, name=None, process_set=global_process_set):
     """Concatenates every rank's tensor along the first dimension (which may differ by rank)."""
-    return synchronize(waited(allgather_async, tensor, name, process_set))
+    return _ops.allgather(tensor, name, process_set, wait=True)
 
 
 def grouped_allgather(tensors, name=None, process_set=global_process_set):
@@ -96,7 +97,7 @@ def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set
 
 def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
     """Returns root_rank's tensor on every rank."""
-    return synchronize(waited(broadcast_async, tensor, root_rank, name, process_set))
+    return _ops.broadcast(tensor, root_rank, name, process_set, wait=True)
 
 
 def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set):
@@ -105,7 +106,7 @@ def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_se
 
 def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """In-place broadcast: `tensor` takes root_rank's values."""
-    return synchronize(waited(broadcast_async_, tensor, root_rank, name, process_set))
+    return _ops.broadcast(tensor, root_rank, name, process_set, in_place=True, wait=True)
 
 
 def reducescatter_async(tensor, name=None, op=Average, process_set=global_process_set,
@@ -118,8 +119,8 @@ def reducescatter(tensor, name=None, op=Average, process_set=global_process_set,
                   prescale_factor=1.0, postscale_factor=1.0):
     """Reduces over ranks and leaves each rank a slice of the first dimension (the first
     dim % size ranks get one extra row)."""
-    return synchronize(waited(reducescatter_async, tensor, name, op, process_set,
-                              prescale_factor, postscale_factor))
+    return _ops.reducescatter(tensor, name, resolve_op(op), process_set, prescale_factor,
+                              postscale_factor, wait=True)
 
 
 def grouped_reducescatter(tensors, name=None, op=Average, process_set=global_process_set,
@@ -137,7 +138,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
 def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
     """Sends splits[i] rows (default: equal parts) of `tensor` to rank i. Returns the rows
     received, concatenated in rank order, and how many came from each rank."""
-    return synchronize(waited(alltoall_async, tensor, splits, name, process_set))
+    return _ops.alltoall(tensor, splits, name, process_set, wait=True)
 
 
 def barrier(process_set=global_process_set):

@@ -93,7 +93,8 @@ def test_negotiation_over_fake_control_channel(tmp_path_factory):
     sources = [str(p) for p in sorted((CSRC / "common").glob("*.cc"))]
     sources += [str(CSRC / f"engine/{name}.cc") for name in
                 ("controller", "response_cache", "wire", "rank_text", "request", "fusion_planner",
-                 "mgwfbp_plan")]
+                 "mgwfbp_plan", "slot_allreduce")]
+    sources += [str(CSRC / "transport/negotiation_slot.cc"), str(CSRC / "reduce/cpu_reduce.cc")]
     binary = build(tmp_path_factory, "test_negotiation", sources, mpi=False)
     proc = subprocess.run([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300)

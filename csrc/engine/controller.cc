@@ -5,8 +5,10 @@
 #include <optional>
 #include <sstream>
 
+#include "common/errors.h"
 #include "common/logging.h"
 #include "engine/rank_text.h"
+#include "engine/slot_allreduce.h"
 #include "engine/wire.h"
 
 namespace fusecomm {
@@ -261,12 +263,19 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested, 
     flags |= kFlagNotJoined;
   }
 
+  NegotiationSlot slot;
+  PendingEntry* offered = nullptr;  // this rank's request in the slot
   for (auto& [name, entry] : pending) {
     if (entry.state == PendingState::kReported) continue;
     int position = cache_.Find(name);
     if (position >= 0 && SpecsAgree(cache_.At(position).spec, entry.request.spec)) {
       entry.state = PendingState::kCached;
       SetBit(bits, ready_at, position);
+      // Alone in the table: if every rank's table holds just this, the slot reduces it.
+      if (pending.size() == 1 && !joined_ && RidesInSlot(entry.request)) {
+        OfferInSlot(entry.request, position, slot);
+        offered = &entry;
+      }
     } else {
       // A changed spec under a cached name: every rank drops the entry and renegotiates.
       if (position >= 0) ClearBit(bits, invalid_at, position);
@@ -275,7 +284,7 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested, 
     }
   }
   bits[0] = ~flags;
-  channel_->AllreduceBitwiseAnd(bits);
+  channel_->AllreduceNegotiation(bits, slot);
   const uint64_t any_flags = ~bits[0];
 
   CycleResult result;
@@ -371,6 +380,16 @@ CycleResult Controller::RunCycle(PendingTable& pending, int shutdown_requested, 
       if (response.error.empty()) cache_.Put(response);
       result.responses.push_back(std::move(response));
     }
+  }
+  if (slot.header != 0 && offered) {
+    // Every rank offered the same cached request, and it was all any rank had pending: it is
+    // the one response, and the slot holds its reduction.
+    if (result.responses.size() != 1 || result.responses[0].spec.name != offered->request.spec.name) {
+      throw CollectiveError("internal error: the negotiation slot's tensor '" +
+                            offered->request.spec.name + "' is not the cycle's one response");
+    }
+    TakeFromSlot(slot, offered->request, size());
+    result.responses[0].reduced_in_negotiation = true;
   }
   return result;
 }

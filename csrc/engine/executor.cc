@@ -288,6 +288,15 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
   if (!scheduler_.holding()) stand_in_buffers_.clear();
   for (const Response& response : responses) {
     auto it = pending.find(response.spec.name);
+    if (response.reduced_in_negotiation && it != pending.end()) {
+      // Its result is in its output already: no data collective, no place in the fusion plan.
+      Request done = std::move(it->second.request);
+      pending.erase(it);
+      Enter({&done}, "ALLREDUCE", "{\"algorithm\":\"negotiation slot\",\"bytes\":" +
+                                      std::to_string(done.spec.num_bytes()) + "}");
+      Finish(done, "");
+      continue;
+    }
     if (it == pending.end() && joined) {
       ready.push_back({response, StandIn(response.spec)});
       Enter({&ready.back().request}, "QUEUE");

@@ -293,6 +293,9 @@ bool ProcessSetWorker::CycleOnce() {
       }
       return true;
     }
+    for (const Response& response : result.responses) {
+      if (response.reduced_in_negotiation) ++in_negotiation_;
+    }
     executor_.Execute(result.responses, pending_, controller_.joined());
     if (!result.responses.empty()) last_activity_ = std::chrono::steady_clock::now();
     return true;

@@ -59,9 +59,11 @@ class ProcessSetWorker : public CycleDriver {
     uint64_t cycles_by_engine_thread = 0;
     uint64_t cycles_by_callers = 0;
     uint64_t engine_thread_wakeups = 0;
+    uint64_t allreduces_in_negotiation = 0;  // completed by the negotiation's slot
   };
   HandOffCounts hand_off_counts() const {
-    return {cycles_by_engine_thread_.load(), cycles_by_callers_.load(), wakeups_.load()};
+    return {cycles_by_engine_thread_.load(), cycles_by_callers_.load(), wakeups_.load(),
+            in_negotiation_.load()};
   }
 
   bool DriveCycle(HandleState* waiting, std::chrono::milliseconds max_wait) override;
@@ -106,7 +108,8 @@ class ProcessSetWorker : public CycleDriver {
   // last_cycle_ for the engine thread's pace outside the cycle lock.
   std::atomic<std::chrono::steady_clock::rep> last_cycle_ticks_{
       last_cycle_.time_since_epoch().count()};
-  std::atomic<uint64_t> cycles_by_engine_thread_{0}, cycles_by_callers_{0}, wakeups_{0};
+  std::atomic<uint64_t> cycles_by_engine_thread_{0}, cycles_by_callers_{0}, wakeups_{0},
+      in_negotiation_{0};
   std::atomic<bool> device_seen_{false};  // a device tensor was submitted: the engine thread only
 
   std::mutex mutex_;

@@ -138,6 +138,9 @@ struct Request {
 struct Response {
   TensorSpec spec;
   std::string error;  // non-empty: an error response
+  // This cycle's negotiation has already reduced it into the request's output (slot_allreduce.h).
+  // Never sent or cached.
+  bool reduced_in_negotiation = false;
 };
 
 }  // namespace fusecomm

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "transport/negotiation_slot.h"
+
 namespace fusecomm {
 
 class ControlChannel {
@@ -15,8 +17,9 @@ class ControlChannel {
   virtual ~ControlChannel() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // In-place bitwise AND over all ranks (the response-cache agreement).
-  virtual void AllreduceBitwiseAnd(std::vector<uint64_t>& words) = 0;
+  // The negotiation's one all-reduce, in place: bitwise AND over all ranks of `words` (the
+  // response-cache agreement) and CombineNegotiationSlots of `slot`.
+  virtual void AllreduceNegotiation(std::vector<uint64_t>& words, NegotiationSlot& slot) = 0;
   // Rank 0 receives every rank's bytes (index = rank); other ranks get an empty vector.
   virtual std::vector<std::vector<char>> GatherToRoot(const std::vector<char>& mine) = 0;
   // Rank 0's bytes replace everybody's.

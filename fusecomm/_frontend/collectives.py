@@ -48,25 +48,25 @@ class Adapter:
 
 
 class Collectives:
-    """The asynchronous collectives of one face. Every method returns a Handle."""
+    """The collectives of one face. Every method returns a Handle, or with wait=True (the
+    synchronous API) the result itself."""
 
     def __init__(self, adapter):
         self.adapter = adapter
 
     def _submit(self, op_type, checked, output, finisher, name, process_set, *, op=Sum,
                 prescale=1.0, postscale=1.0, root=0, splits=None, algorithm=None,
-                keep_alive=None):
+                keep_alive=None, wait=False):
+        """A Handle; with `wait`, the finished result instead (a synchronous call)."""
         tensor, dtype, device = checked
         adapter = self.adapter
         ps_id = process_set_id(process_set)
-        request = _core.Request()
-        request.op_type = op_type
-        request.name = naming.engine_name(op_type, name, ps_id, adapter.prefix_op_names)
-        request.dtype = dtype
-        request.shape = tuple(tensor.shape)
-        request.input = adapter.ptr(tensor)
-        if output is not None:
-            request.output = adapter.ptr(output)
+        address = adapter.ptr(tensor)
+        output_address = (0 if output is None else
+                          address if output is tensor else adapter.ptr(output))
+        request = _core.Request(op_type, naming.engine_name(op_type, name, ps_id,
+                                                            adapter.prefix_op_names),
+                                dtype, tuple(tensor.shape), address, output_address)
         # Fields left at the Request's defaults are not set: each set costs a pybind11 call.
         if op != Sum:
             request.reduce_op = op
@@ -88,6 +88,8 @@ class Collectives:
         if ps_id:
             request.process_set = ps_id
         keep = (tensor, output) if keep_alive is None else keep_alive
+        if wait:
+            return _engine.run(request, keep, finisher)
         return Handle((_engine.submit(request, keep, finisher),))
 
     def check(self, tensor, what="tensor"):
@@ -110,37 +112,40 @@ class Collectives:
         return (source,) + checked[1:], lambda r: wrap(r[0], r[1], source, device)
 
     def allreduce(self, tensor, name=None, op=Sum, prescale_factor=1.0, postscale_factor=1.0,
-                  process_set=None, in_place=False, algorithm=None, checked=None):
+                  process_set=None, in_place=False, algorithm=None, checked=None, wait=False):
         prescale = check_scale(prescale_factor, "prescale_factor")
         postscale = check_scale(postscale_factor, "postscale_factor")
         source, output, finisher = self._output(checked or self.check(tensor), in_place, tensor)
         return self._submit(ALLREDUCE, source, output, finisher, name, process_set, op=op,
-                            prescale=prescale, postscale=postscale, algorithm=algorithm)
+                            prescale=prescale, postscale=postscale, algorithm=algorithm,
+                            wait=wait)
 
     def broadcast(self, tensor, root_rank, name=None, process_set=None, in_place=False,
-                  checked=None):
+                  checked=None, wait=False):
         root = root_in_set(root_rank, process_set)
         source, output, finisher = self._output(checked or self.check(tensor), in_place, tensor)
-        return self._submit(BROADCAST, source, output, finisher, name, process_set, root=root)
+        return self._submit(BROADCAST, source, output, finisher, name, process_set, root=root,
+                            wait=wait)
 
-    def allgather(self, tensor, name=None, process_set=None, checked=None):
+    def allgather(self, tensor, name=None, process_set=None, checked=None, wait=False):
         source, finisher = self._engine_output(checked or self.check(tensor), ALLGATHER)
-        return self._submit(ALLGATHER, source, None, finisher, name, process_set)
+        return self._submit(ALLGATHER, source, None, finisher, name, process_set, wait=wait)
 
     def reducescatter(self, tensor, name=None, op=Sum, process_set=None, prescale_factor=1.0,
-                      postscale_factor=1.0, checked=None):
+                      postscale_factor=1.0, checked=None, wait=False):
         prescale = check_scale(prescale_factor, "prescale_factor")
         postscale = check_scale(postscale_factor, "postscale_factor")
         source, finisher = self._engine_output(checked or self.check(tensor), REDUCESCATTER)
         return self._submit(REDUCESCATTER, source, None, finisher, name, process_set, op=op,
-                            prescale=prescale, postscale=postscale)
+                            prescale=prescale, postscale=postscale, wait=wait)
 
-    def alltoall(self, tensor, splits=None, name=None, process_set=None, checked=None):
+    def alltoall(self, tensor, splits=None, name=None, process_set=None, checked=None,
+                 wait=False):
         split_values = split_list(splits)
         source, wrap = self._engine_output(checked or self.check(tensor), ALLTOALL)
         to_splits = self.adapter.received_splits
         return self._submit(ALLTOALL, source, None, lambda r: (wrap(r), to_splits(r[2])), name,
-                            process_set, splits=split_values)
+                            process_set, splits=split_values, wait=wait)
 
     def grouped(self, start, op_type, tensors, name, process_set, **kwargs):
         """start(tensor, name=member, checked=..., **kwargs) for every tensor, as ONE engine

@@ -4,7 +4,7 @@ __cuda_array_interface__) on the GPU with a CUDA build. Results come back as the
 array: NumPy for host input, CuPy for device input."""
 import numpy as np
 
-from fusecomm import _engine
+from fusecomm import _core, _engine
 from fusecomm._frontend.collectives import Adapter
 from fusecomm._frontend.validate import dtype_code
 
@@ -74,7 +74,7 @@ class NumpyAdapter(Adapter):
         if not array.size:
             return 0
         if isinstance(array, np.ndarray):
-            return array.__array_interface__["data"][0]
+            return _core.array_address(array)
         return array.data.ptr
 
     def stream(self, array, device):

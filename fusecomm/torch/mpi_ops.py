@@ -130,8 +130,8 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                postscale_factor=1.0, process_set=global_process_set):
     """In-place allreduce; returns `tensor`."""
-    return synchronize(_engine.waited(allreduce_async_, tensor, average, name, op,
-                                      prescale_factor, postscale_factor, process_set))
+    return _ops.allreduce(tensor, name, resolve_op(op, average), prescale_factor,
+                          postscale_factor, process_set, in_place=True, wait=True)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
@@ -202,7 +202,7 @@ def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_se
 
 def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """In-place broadcast; returns `tensor`."""
-    return synchronize(_engine.waited(broadcast_async_, tensor, root_rank, name, process_set))
+    return _ops.broadcast(tensor, root_rank, name, process_set, in_place=True, wait=True)
 
 
 def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):

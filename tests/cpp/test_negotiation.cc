@@ -26,6 +26,7 @@
 #include "engine/controller.h"
 #include "engine/fusion_planner.h"
 #include "engine/response_cache.h"
+#include "engine/slot_allreduce.h"
 #include "transport/control_channel.h"
 #include "test_check.h"
 
@@ -93,14 +94,25 @@ class FakeControlChannel : public ControlChannel {
   int rank() const override { return rank_; }
   int size() const override { return hub_.size(); }
 
-  void AllreduceBitwiseAnd(std::vector<uint64_t>& words) override {
-    std::vector<char> bytes(words.size() * sizeof(uint64_t));
-    std::memcpy(bytes.data(), words.data(), bytes.size());
-    for (const auto& other : hub_.Exchange(rank_, "AllreduceBitwiseAnd", bytes)) {
+  void AllreduceNegotiation(std::vector<uint64_t>& words, NegotiationSlot& slot) override {
+    std::vector<char> bytes(sizeof(slot) + words.size() * sizeof(uint64_t));
+    std::memcpy(bytes.data(), &slot, sizeof(slot));
+    std::memcpy(bytes.data() + sizeof(slot), words.data(), words.size() * sizeof(uint64_t));
+    // Every rank combines all ranks' messages in rank order, its own included.
+    const auto all = hub_.Exchange(rank_, "AllreduceNegotiation", bytes);
+    for (size_t r = 0; r < all.size(); ++r) {
+      const auto& other = all[r];
       if (other.size() != bytes.size()) throw std::runtime_error("bit vectors of other widths");
+      NegotiationSlot theirs;
+      std::memcpy(static_cast<void*>(&theirs), other.data(), sizeof(theirs));
+      if (r == 0) {
+        slot = theirs;
+      } else {
+        CombineNegotiationSlots(theirs, slot);
+      }
       for (size_t i = 0; i < words.size(); ++i) {
         uint64_t w;
-        std::memcpy(&w, other.data() + i * sizeof(uint64_t), sizeof(w));
+        std::memcpy(&w, other.data() + sizeof(slot) + i * sizeof(uint64_t), sizeof(w));
         words[i] &= w;
       }
     }
@@ -494,6 +506,93 @@ void TestFusionPlanner() {
 
 }  // namespace
 
+void TestNegotiationSlotCombine() {
+  const std::string scenario = "negotiation slot";
+  auto slot_of = [](uint32_t position, std::vector<float> values, ReduceOp op) {
+    NegotiationSlot slot;
+    slot.header = NegotiationSlot::Header(position, DataType::kFloat32, op,
+                                          static_cast<uint32_t>(values.size()));
+    std::memcpy(slot.payload, values.data(), values.size() * sizeof(float));
+    return slot;
+  };
+  auto floats = [](const NegotiationSlot& slot, size_t n) {
+    std::vector<float> out(n);
+    std::memcpy(out.data(), slot.payload, n * sizeof(float));
+    return out;
+  };
+  NegotiationSlot sum = slot_of(3, {1, 2, 3}, ReduceOp::kSum);
+  CombineNegotiationSlots(slot_of(3, {10, 20, 30}, ReduceOp::kSum), sum);
+  Check(floats(sum, 3) == std::vector<float>{11, 22, 33}, scenario + ": sum");
+  Check(sum.position() == 3 && sum.count() == 3 && sum.dtype() == DataType::kFloat32,
+        scenario + ": header fields");
+  NegotiationSlot low = slot_of(0, {5, -1}, ReduceOp::kMin);
+  CombineNegotiationSlots(slot_of(0, {2, 7}, ReduceOp::kMin), low);
+  Check(floats(low, 2) == std::vector<float>{2, -1}, scenario + ": min");
+  NegotiationSlot average = slot_of(1, {1}, ReduceOp::kAverage);
+  CombineNegotiationSlots(slot_of(1, {2}, ReduceOp::kAverage), average);
+  Check(floats(average, 1) == std::vector<float>{3}, scenario + ": average is summed");
+  // Any difference empties the slot, and an empty slot stays empty (associative).
+  for (const NegotiationSlot& other : {slot_of(4, {1, 2, 3}, ReduceOp::kSum),
+                                       slot_of(3, {1, 2, 3}, ReduceOp::kMax),
+                                       slot_of(3, {1, 2}, ReduceOp::kSum), NegotiationSlot{}}) {
+    NegotiationSlot mine = slot_of(3, {1, 2, 3}, ReduceOp::kSum);
+    CombineNegotiationSlots(other, mine);
+    Check(mine.header == 0, scenario + ": a different slot did not empty it");
+    CombineNegotiationSlots(slot_of(3, {1, 2, 3}, ReduceOp::kSum), mine);
+    Check(mine.header == 0, scenario + ": an emptied slot was refilled");
+  }
+}
+
+// Synchronous small all-reduces of one cached name come back reduced by the negotiation, on
+// every rank, from the second cycle on (the first goes through the coordinator). A request
+// pending on one rank only (cycle 2), or a second one on every rank (cycle 3), leaves them to
+// the data plane; alone again (cycle 4), they ride in the slot.
+void TestSlotCompletesCachedSynchronousAllreduce(int ranks) {
+  const std::string scenario = "slot all-reduce (" + std::to_string(ranks) + " ranks)";
+  const int cycles = 5;
+  std::vector<std::vector<std::vector<int32_t>>> inputs(ranks), outputs(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    for (int c = 0; c < cycles; ++c) {
+      inputs[r].push_back({r + 1, 10 * c, -r});
+      outputs[r].push_back({0, 0, 0});
+    }
+  }
+  auto logs = RunScenario(ranks, cycles, 16, [&](int rank, int cycle, RankActions& act) {
+    PendingEntry entry;
+    entry.request.spec = Spec("metric", {3}, DataType::kInt32);
+    entry.request.spec.reduce_op = ReduceOp::kAverage;
+    entry.request.input = inputs[rank][cycle].data();
+    entry.request.output = outputs[rank][cycle].data();
+    entry.request.caller_waits = true;
+    entry.sequence = act.sequence++;
+    act.pending.emplace("metric", std::move(entry));
+    if ((cycle == 2 && rank == ranks - 1) || (cycle == 3 && rank != ranks - 1)) {
+      act.Submit(Spec("other", {2}));
+    }
+  }, scenario);
+  CheckAgreement(logs, scenario);
+  int32_t first_sum = 0;
+  for (int r = 0; r < ranks; ++r) first_sum += r + 1;
+  for (int r = 0; r < ranks; ++r) {
+    for (int c = 0; c < cycles; ++c) {
+      const Response* found = nullptr;
+      Check(CycleOf(logs[r], "metric") >= 0, scenario + ": metric never ran");
+      for (const Response& resp : logs[r][c].responses) {
+        if (resp.spec.name == "metric") found = &resp;
+      }
+      const bool expect_slot = c == 1 || c == 4;  // cached, and alone on every rank
+      Check(found && found->reduced_in_negotiation == expect_slot,
+            scenario + ": cycle " + std::to_string(c) + " rank " + std::to_string(r) +
+                (expect_slot ? " did not use" : " used") + " the slot");
+      if (expect_slot) {
+        const std::vector<int32_t> want{first_sum / ranks, 10 * c, -(ranks - 1) / 2};
+        Check(outputs[r][c] == want, scenario + ": cycle " + std::to_string(c) + " rank " +
+                                         std::to_string(r) + ": wrong average in the slot");
+      }
+    }
+  }
+}
+
 int main() {
   for (int ranks : {1, 2, 3, 4}) TestReadyWhenAllRanksSubmitted(ranks);
   TestSubmissionOrder();
@@ -511,5 +610,7 @@ int main() {
   TestCacheEviction();
   TestResponseCacheDirectly();
   TestFusionPlanner();
+  TestNegotiationSlotCombine();
+  for (int ranks : {2, 3, 4}) TestSlotCompletesCachedSynchronousAllreduce(ranks);
   return fusecomm_test::Summary("test_negotiation: ");
 }

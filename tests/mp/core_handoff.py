@@ -8,7 +8,8 @@ global set and on a sub-set, so that callers and engine threads race for the cyc
 result is checked against NumPy. On a one-rank set an asynchronous all-reduce is done before
 synchronize() is called. A synchronous call wakes no engine thread (its caller drives the
 cycle), an asynchronous one wakes it exactly once, and a synchronous-style submission nobody
-waits on is still run by the engine thread's own cycles."""
+waits on is still run by the engine thread's own cycles. Small synchronous all-reduces ride in
+the negotiation's slot exactly when they should."""
 import sys
 import threading
 import time
@@ -17,8 +18,8 @@ import numpy as np
 
 import fusecomm as hvd
 from fusecomm import _core, _engine
-from _util import rank_data, run_main
-from core_collectives import check_equal
+from _util import NUMPY_DTYPES, numpy_dtype, rank_data, run_main
+from core_collectives import check_equal, reference
 
 THREADS = 3
 STEPS = 40
@@ -79,6 +80,7 @@ def main():
         raise errors[0]
     if n > 1:
         check_wakeups(seed, rank, n)
+        check_negotiation_slot(seed, rank, n)
     hvd.barrier()
     print(f"rank {rank}: OK", flush=True)
     hvd.shutdown()
@@ -106,13 +108,68 @@ def check_wakeups(seed, rank, n, calls=60):
     # Submitted as a synchronous call would be, then not waited on: the engine thread's idle
     # cycles (every FUSECOMM_CYCLE_TIME_MS) must run it; poll() drives nothing.
     hvd.barrier()
-    handle = _engine.waited(hvd.allreduce_async, rank_data(seed, rank, (5,), "float32"),
-                            op=hvd.Sum, name="wake.unattended")
+    x = rank_data(seed, rank, (5,), "float32")
+    out = np.empty_like(x)
+    request = _core.Request(_engine.ALLREDUCE, "wake.unattended", _engine.DTYPE_CODES["float32"],
+                            x.shape, _core.array_address(x), _core.array_address(out))
+    request.caller_waits = True
+    handle = _engine.submit(request, (x, out), lambda result: out)
     deadline = time.monotonic() + 60
-    while not hvd.poll(handle):
+    while not _engine.poll(handle):
         assert time.monotonic() < deadline, f"an unattended submission did not run (seed {seed})"
         time.sleep(0.005)
-    check_equal(hvd.synchronize(handle), ref_of(0), "float32", f"unattended (seed {seed})")
+    check_equal(_engine.synchronize(handle), ref_of(0), "float32", f"unattended (seed {seed})")
+
+
+def check_negotiation_slot(seed, rank, n):
+    """Small synchronous all-reduces of a name seen before ride in the negotiation's slot
+    (csrc/transport/negotiation_slot.h): every dtype and op, sizes up to the slot's 128 bytes,
+    scales, all against NumPy; every call after a name's first rides, and asynchronous calls,
+    a named algorithm and 129 bytes and more do not."""
+    def rides():
+        return _core.hand_off_counts()["allreduces_in_negotiation"]
+
+    before, calls = rides(), 0
+    for k, dtype_name in enumerate(NUMPY_DTYPES):
+        itemsize = np.dtype(numpy_dtype(dtype_name)).itemsize
+        for op in (hvd.Sum, hvd.Average, hvd.Min, hvd.Max, hvd.Product):
+            if dtype_name == "bool" and op == hvd.Average:
+                continue
+            # 1 element up to a full slot (each dtype's last op fills it)
+            count = 128 // itemsize if op == hvd.Product else 1 + (seed + 3 * k + op) % (128 // itemsize)
+            for i in range(3):
+                xs = [rank_data(seed * 101 + k * 10 + op * 3 + i, q, (count,), dtype_name,
+                                op == hvd.Product) for q in range(n)]
+                name = f"slot.{dtype_name}.{op}"
+                out = hvd.allreduce(xs[rank], op=op, name=name)
+                rtol = 1e-2 if op == hvd.Average and dtype_name in ("float16", "bfloat16") else (
+                    1e-6 if op == hvd.Average and dtype_name in ("float32", "float64") else 0)
+                check_equal(out, reference(op, xs, dtype_name, n), dtype_name,
+                            f"{name} call {i} (seed {seed})", rtol)
+            calls += 2  # the first call of a name goes through the coordinator
+    for dtype_name, op, pre, post in (("float64", hvd.Average, 0.5, 3.0),
+                                      ("int32", hvd.Sum, 2.0, 3.0)):
+        for i in range(3):
+            xs = [rank_data(seed + 7 * i, q, (9,), dtype_name) for q in range(n)]
+            out = hvd.allreduce(xs[rank], op=op, name=f"slot.scaled.{dtype_name}",
+                                prescale_factor=pre, postscale_factor=post)
+            total = sum(x.astype(np.float64) * pre for x in xs)
+            ref = (total / n if op == hvd.Average else total) * post
+            check_equal(out, ref.astype(xs[0].dtype), dtype_name, f"scaled {dtype_name} call {i}",
+                        rtol=1e-12 if dtype_name == "float64" else 0)
+        calls += 2
+    assert rides() - before == calls, (f"{rides() - before} of the {calls} repeated small "
+                                       f"synchronous all-reduces rode in the slot (seed {seed})")
+    before = rides()
+    for i in range(3):
+        xs = [rank_data(seed + i, q, (33,), "float32") for q in range(n)]  # 132 bytes
+        check_equal(hvd.allreduce(xs[rank], op=hvd.Sum, name="slot.too_big"), sum(xs),
+                    "float32", f"132 bytes, call {i}")
+        check_equal(hvd.allreduce(xs[rank][:4], op=hvd.Sum, name="slot.ring", algorithm="ring"),
+                    sum(xs)[:4], "float32", f"ring, call {i}")
+        handle = hvd.allreduce_async(xs[rank][:2], op=hvd.Sum, name="slot.async")
+        check_equal(hvd.synchronize(handle), sum(xs)[:2], "float32", f"async, call {i}")
+    assert rides() == before, f"{rides() - before} calls rode in the slot that must not"
 
 
 def hvd_wakeups():

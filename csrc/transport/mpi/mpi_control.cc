@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstring>
 #include <iomanip>
 #include <sstream>
 #include <thread>
@@ -19,6 +20,24 @@ void WaitWithBackoff(MPI_Request* request, const char* call) {
 }
 
 namespace {
+// MPI's side of AllreduceNegotiation: `len` whole messages of the contiguous type `type`, each
+// a slot followed by words that are ANDed.
+void CombineNegotiation(void* in, void* inout, int* len, MPI_Datatype* type) {
+  int bytes = 0;
+  MPI_Type_size(*type, &bytes);
+  const size_t words = static_cast<size_t>(bytes) / sizeof(uint64_t);
+  for (int e = 0; e < *len; ++e) {
+    const uint64_t* a = static_cast<const uint64_t*>(in) + e * words;
+    uint64_t* b = static_cast<uint64_t*>(inout) + e * words;
+    NegotiationSlot sa, sb;
+    std::memcpy(static_cast<void*>(&sa), a, sizeof(sa));
+    std::memcpy(static_cast<void*>(&sb), b, sizeof(sb));
+    CombineNegotiationSlots(sa, sb);
+    std::memcpy(b, &sb, sizeof(sb));
+    for (size_t i = NegotiationSlot::kWords; i < words; ++i) b[i] &= a[i];
+  }
+}
+
 // The heartbeat's view of who is silent, as the slow-wait report's suspects.
 std::string SilentPeersText(double seconds) {
   std::ostringstream out;
@@ -66,20 +85,41 @@ MpiControlChannel::MpiControlChannel(MPI_Comm comm) : comm_(comm) {
   CheckMpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   CheckMpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  CheckMpi(MPI_Op_create(&CombineNegotiation, /*commute=*/1, &negotiation_op_), "MPI_Op_create");
 }
 
 MpiControlChannel::~MpiControlChannel() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (finalized) return;
+  for (auto& [total, type] : negotiation_types_) MPI_Type_free(&type);
+  if (negotiation_op_ != MPI_OP_NULL) MPI_Op_free(&negotiation_op_);
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-void MpiControlChannel::AllreduceBitwiseAnd(std::vector<uint64_t>& words) {
+void MpiControlChannel::AllreduceNegotiation(std::vector<uint64_t>& words, NegotiationSlot& slot) {
+  const size_t total = NegotiationSlot::kWords + words.size();
+  if (total > INT_MAX) throw CollectiveError("negotiation message too long");
+  auto found = negotiation_types_.find(static_cast<int>(total));
+  if (found == negotiation_types_.end()) {
+    MPI_Datatype made;
+    CheckMpi(MPI_Type_contiguous(static_cast<int>(total), MPI_UINT64_T, &made),
+             "MPI_Type_contiguous");
+    CheckMpi(MPI_Type_commit(&made), "MPI_Type_commit");
+    found = negotiation_types_.emplace(static_cast<int>(total), made).first;
+  }
+  const MPI_Datatype type = found->second;
+  negotiation_buffer_.resize(total);
+  std::memcpy(negotiation_buffer_.data(), &slot, sizeof(slot));
+  std::copy(words.begin(), words.end(), negotiation_buffer_.begin() + NegotiationSlot::kWords);
   MPI_Request req;
-  CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, words.data(), static_cast<int>(words.size()),
-                          MPI_UINT64_T, MPI_BAND, comm_, &req),
+  CheckMpi(MPI_Iallreduce(MPI_IN_PLACE, negotiation_buffer_.data(), 1, type, negotiation_op_,
+                          comm_, &req),
            "MPI_Iallreduce");
   Wait(&req, "MPI_Iallreduce");
+  std::memcpy(static_cast<void*>(&slot), negotiation_buffer_.data(), sizeof(slot));
+  std::copy(negotiation_buffer_.begin() + NegotiationSlot::kWords, negotiation_buffer_.end(),
+            words.begin());
 }
 
 std::vector<std::vector<char>> MpiControlChannel::GatherToRoot(const std::vector<char>& mine) {

@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <map>
+
 #include "transport/control_channel.h"
 
 namespace fusecomm {
@@ -14,7 +16,7 @@ class MpiControlChannel : public ControlChannel {
   ~MpiControlChannel() override;
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void AllreduceBitwiseAnd(std::vector<uint64_t>& words) override;
+  void AllreduceNegotiation(std::vector<uint64_t>& words, NegotiationSlot& slot) override;
   std::vector<std::vector<char>> GatherToRoot(const std::vector<char>& mine) override;
   void BroadcastFromRoot(std::vector<char>& bytes) override;
   int64_t AllreduceMin(int64_t value) override;
@@ -27,6 +29,11 @@ class MpiControlChannel : public ControlChannel {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
+  // The negotiation message travels as ONE element of a contiguous type of its words, so MPI
+  // never hands the combining op a piece that splits the slot. One type per length, kept.
+  MPI_Op negotiation_op_ = MPI_OP_NULL;
+  std::map<int, MPI_Datatype> negotiation_types_;
+  std::vector<uint64_t> negotiation_buffer_;
 };
 
 // Completes `request`, spinning briefly and then sleeping in growing steps (up to 1 ms).
