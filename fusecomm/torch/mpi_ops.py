@@ -255,8 +255,10 @@ class HorovodCollective(torch.autograd.Function):
         if spec.grouped:
             return tuple(synchronize(_group(start, spec.op_type, tensors, spec.name,
                                             spec.process_set, **spec.params)))
-        result = synchronize(start(tensors[0], name=spec.name, process_set=spec.process_set,
-                                   **spec.params))
+        # A synchronous call: this thread drives the engine (and a small all-reduce of a name
+        # seen before, such as a metric averaged every epoch, rides in the negotiation's slot).
+        result = start(tensors[0], name=spec.name, process_set=spec.process_set, wait=True,
+                       **spec.params)
         if spec.op_type == ALLTOALL:
             ctx.received_splits = result[1]
             ctx.mark_non_differentiable(result[1])

@@ -4,7 +4,8 @@
 
 #include <mpi.h>
 
-#include <map>
+#include <cstdint>
+#include <vector>
 
 #include "transport/control_channel.h"
 
@@ -22,18 +23,14 @@ class MpiControlChannel : public ControlChannel {
   int64_t AllreduceMin(int64_t value) override;
 
  private:
-  // Completes a control collective: WaitWithBackoff, or with a slow-wait report set, a poll
-  // that calls it while the wait lasts.
-  void Wait(MPI_Request* request, const char* call);
+  // Completes `count` requests of a control collective: WaitPolling with back-off, or with a
+  // slow-wait report set, a poll that calls it while the wait lasts.
+  void Wait(MPI_Request* requests, const char* call, int count = 1);
 
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
-  // The negotiation message travels as ONE element of a contiguous type of its words, so MPI
-  // never hands the combining op a piece that splits the slot. One type per length, kept.
-  MPI_Op negotiation_op_ = MPI_OP_NULL;
-  std::map<int, MPI_Datatype> negotiation_types_;
-  std::vector<uint64_t> negotiation_buffer_;
+  std::vector<uint64_t> negotiation_buffer_;  // this rank's message, then a peer's
 };
 
 // Completes `request`, spinning briefly and then sleeping in growing steps (up to 1 ms).
