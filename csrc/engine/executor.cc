@@ -20,6 +20,14 @@ namespace {
 
 size_t ElementCount(const TensorSpec& spec) { return static_cast<size_t>(spec.num_elements()); }
 
+// The timeline's arguments of an ALLREDUCE activity.
+std::string CollectiveArgs(const char* algorithm, size_t bytes, size_t tensors,
+                           const std::string& transport) {
+  return std::string("{\"algorithm\":\"") + algorithm + "\",\"bytes\":" +
+         std::to_string(bytes) + ",\"tensors\":" + std::to_string(tensors) +
+         ",\"transport\":\"" + transport + "\"}";
+}
+
 // Rows of a reducescatter block on `rank`: the remainder rows go to the lowest ranks.
 int64_t ScatterRows(int64_t rows, int ranks, int rank) {
   return rows / ranks + (rank < rows % ranks ? 1 : 0);
@@ -120,10 +128,8 @@ void Executor::RunAllreduceGroup(DataPlane& plane, const std::vector<Request*>& 
     }
   };
   const std::string collective_args =
-      timeline_->active() ? std::string("{\"algorithm\":\"") + algorithm_name +
-                                "\",\"bytes\":" + std::to_string(total * elem) +
-                                ",\"tensors\":" + std::to_string(group.size()) +
-                                ",\"transport\":\"" + plane.comm().transport_name() + "\"}"
+      timeline_->active() ? CollectiveArgs(algorithm_name, total * elem, group.size(),
+                                           plane.comm().transport_name())
                           : std::string();
   FUSECOMM_LOG(kDebug, "allreduce of " << group.size() << " tensor(s) starting with '"
                                         << kind.name << "': " << total * elem << " bytes, "
@@ -292,8 +298,10 @@ void Executor::Execute(const std::vector<Response>& responses, PendingTable& pen
       // Its result is in its output already: no data collective, no place in the fusion plan.
       Request done = std::move(it->second.request);
       pending.erase(it);
-      Enter({&done}, "ALLREDUCE", "{\"algorithm\":\"negotiation slot\",\"bytes\":" +
-                                      std::to_string(done.spec.num_bytes()) + "}");
+      if (timeline_->active()) {
+        Enter({&done}, "ALLREDUCE", CollectiveArgs("negotiation slot", done.spec.num_bytes(), 1,
+                                                   host_plane_.comm().transport_name()));
+      }
       Finish(done, "");
       continue;
     }
