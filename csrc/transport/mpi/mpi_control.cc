@@ -16,10 +16,6 @@
 
 namespace fusecomm {
 
-void WaitWithBackoff(MPI_Request* request, const char* call) {
-  WaitPolling(request, 1, call, /*max_sleep_us=*/1000);
-}
-
 namespace {
 // inout = in combined with inout, for two negotiation messages of `words` words each: a slot,
 // then words that are ANDed.

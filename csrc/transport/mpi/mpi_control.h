@@ -33,7 +33,4 @@ class MpiControlChannel : public ControlChannel {
   std::vector<uint64_t> negotiation_buffer_;  // this rank's message, then a peer's
 };
 
-// Completes `request`, spinning briefly and then sleeping in growing steps (up to 1 ms).
-void WaitWithBackoff(MPI_Request* request, const char* call);
-
 }  // namespace fusecomm
