@@ -248,6 +248,7 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("process_set_id") = 0);
+  m.def("mpi_nonblocking_allreduce_algorithm", &MpiNonBlockingAllreduceAlgorithm);
   m.def("build_info", [] {
     BuildInfo info = GetBuildInfo();
     info.mpi_version = MpiLibraryVersion();

@@ -1,5 +1,6 @@
 """Every all-reduce algorithm through the engine (fusion, scaling, Average) on every dtype and
 op, checked element by element on every rank. Arguments: seed."""
+import os
 import sys
 
 import numpy as np
@@ -32,10 +33,19 @@ def segmented_native(seed, rank, n):
         check_equal(got, combine.reduce(data), dtype, f"segmented mpi {dtype} (seed {seed})")
 
 
+def nonblocking_allreduce_is_the_ring():
+    """init() switches Open MPI's non-blocking all-reduce (the `mpi` algorithm) from libnbc's
+    binomial choice to its ring, unless the user chose one; -1: an MPI without the variable."""
+    chosen = os.environ.get("OMPI_MCA_coll_libnbc_iallreduce_algorithm")
+    got = hvd._core.mpi_nonblocking_allreduce_algorithm()
+    assert got == (int(chosen) if chosen else 1) or got == -1, (got, chosen)
+
+
 def main():
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     hvd.init()
     rank, n = hvd.rank(), hvd.size()
+    nonblocking_allreduce_is_the_ring()
     checked = test_allreduce(seed, rank, n, ALGORITHMS, sizes=[0, 1, 7, 13, 1021, 65537])
     fused_groups(seed, rank, n)
     segmented_native(seed, rank, n)

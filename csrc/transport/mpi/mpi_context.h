@@ -21,6 +21,9 @@ void EnsureMpiInitialized();
 // Finalizes MPI at process exit if fusecomm initialized it.
 void FinalizeMpiIfOwned();
 std::string MpiLibraryVersion();
+// Open MPI's libnbc all-reduce algorithm (coll_libnbc_iallreduce_algorithm: 0 its own choice,
+// 1 ring, ...), which init() sets to the ring unless the user chose; -1 for an MPI without it.
+int MpiNonBlockingAllreduceAlgorithm();
 // Whether this MPI moves device memory itself: "yes", "no", "yes (compile time)" (asked before
 // MPI_Init) or "unknown" (an MPI that cannot tell).
 std::string MpiCudaAwareness();
