@@ -61,17 +61,13 @@ def run(request, keep_alive, finisher):
     not woken for it, since this thread drives the engine's cycle itself (a wake-up per call
     competes for the cores); and nothing is registered unless a signal handler interrupts the
     wait, when the buffers must outlive the collective still in flight."""
-    request.caller_waits = True
-    handle = _core.enqueue(request)
-    try:
-        _core.wait(handle)
-    except _core.CollectiveError:
-        raise
-    except BaseException:
-        with _lock:
-            _handles[handle] = (keep_alive, finisher)
-        raise
-    return finisher(_core.take_result(handle))
+    return finisher(_core.run(request, _adopt, (keep_alive, finisher)))
+
+
+def _adopt(handle, entry):
+    """Registers a handle whose synchronous wait a signal handler abandoned."""
+    with _lock:
+        _handles[handle] = entry
 
 
 def submit(request, keep_alive, finisher):

@@ -93,7 +93,7 @@ _added_sets = []
 
 
 def process_set_id(process_set):
-    if process_set is None:
+    if process_set is None or process_set is global_process_set:
         return 0
     if not isinstance(process_set, ProcessSet):
         raise TypeError(f"process_set must be a ProcessSet, not {type(process_set).__name__}")

@@ -38,7 +38,7 @@ struct EnqueueRequest {
   bool caller_waits = false;
 };
 
-int64_t Enqueue(const EnqueueRequest& in) {
+int64_t Enqueue(const EnqueueRequest& in, bool caller_waits) {
   // Range checks only: the casts to the engine's enums must not invent values.
   if (in.op_type < 0 || in.op_type > static_cast<int>(OpType::kJoin)) {
     throw InvalidArgument("unknown operation code " + std::to_string(in.op_type));
@@ -60,8 +60,25 @@ int64_t Enqueue(const EnqueueRequest& in) {
   request.output = reinterpret_cast<void*>(in.output);
   request.splits = in.splits;
   request.stream = in.stream;
-  request.caller_waits = in.caller_waits;
+  request.caller_waits = caller_waits;
   return Engine::Get().Submit(in.process_set, std::move(request));
+}
+
+// Waits for handle `id` with the GIL released, waking periodically to run Python's signal
+// handlers (Ctrl-C); one that raises abandons the wait (py::error_already_set) and the handle
+// stays valid. A failed collective releases the handle.
+void WaitRunningSignalHandlers(int64_t id) {
+  auto handle = Engine::Get().GetHandle(id);
+  try {
+    py::gil_scoped_release release;
+    handle->Wait([] {
+      py::gil_scoped_acquire acquire;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    });
+  } catch (const CollectiveError&) {
+    Engine::Get().ReleaseHandle(id);
+    throw;
+  }
 }
 
 // Engine-allocated device memory as Python sees it: the frontends wrap it (no copy) through
@@ -173,7 +190,22 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("splits", &EnqueueRequest::splits)
       .def_readwrite("process_set", &EnqueueRequest::process_set)
       .def_readwrite("caller_waits", &EnqueueRequest::caller_waits);
-  m.def("enqueue", &Enqueue, py::arg("request"));
+  m.def("enqueue", [](const EnqueueRequest& in) { return Enqueue(in, in.caller_waits); },
+        py::arg("request"));
+  // A synchronous collective in one call (enqueue marked caller_waits, wait, take_result): a
+  // small call costs a few microseconds, each pybind11 call about 0.1-0.3. Should a signal
+  // handler abandon the wait, adopt(handle, keep) runs first, so that the buffers `keep` holds
+  // outlive the collective still in flight.
+  m.def("run", [](const EnqueueRequest& in, const py::function& adopt, const py::object& keep) {
+    const int64_t id = Enqueue(in, /*caller_waits=*/true);
+    try {
+      WaitRunningSignalHandlers(id);
+    } catch (py::error_already_set&) {
+      adopt(id, keep);
+      throw;
+    }
+    return TakeResult(id);
+  }, py::arg("request"), py::arg("adopt"), py::arg("keep"));
   // A NumPy array's data address; from Python (__array_interface__) it costs about 2 us.
   m.def("array_address", [](const py::array& array) {
     return reinterpret_cast<uintptr_t>(array.data());
@@ -181,20 +213,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("begin_group", [](int process_set) { Engine::Get().BeginGroup(process_set); });
   m.def("end_group", [](int process_set) { Engine::Get().EndGroup(process_set); });
   m.def("poll", [](int64_t id) { return Engine::Get().GetHandle(id)->Done(); });
-  m.def("wait", [](int64_t id) {
-    auto handle = Engine::Get().GetHandle(id);
-    try {
-      // Wakes periodically to run Python's signal handlers (Ctrl-C); one that raises abandons
-      // the wait, and the handle stays valid for another synchronize.
-      handle->Wait([] {
-        py::gil_scoped_acquire acquire;
-        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-      });
-    } catch (const CollectiveError&) {
-      Engine::Get().ReleaseHandle(id);
-      throw;
-    }
-  }, py::call_guard<py::gil_scoped_release>());
+  m.def("wait", &WaitRunningSignalHandlers);
   m.def("take_result", &TakeResult);
   m.def("release", [](int64_t id) { Engine::Get().ReleaseHandle(id); });
   m.def("start_timeline", [](const std::string& path, bool mark_cycles) {

@@ -51,6 +51,8 @@ def resolve_op(op, average=None, default=Average):
 
 def check_scale(factor, what):
     """A finite float (prescale/postscale factors)."""
+    if factor.__class__ is float and factor - factor == 0.0:  # finite: inf - inf and nan are nan
+        return factor
     try:
         value = float(factor)
     except (TypeError, ValueError, OverflowError):

@@ -1,7 +1,9 @@
 """A rank blocked in synchronize() still runs Python's signal handlers: a handler that raises
 (SIGALRM here; SIGINT's KeyboardInterrupt the same way) interrupts the wait within a fraction
 of a second, the collective stays in flight, and synchronizing the same handle again returns
-the exact result once the peer submits. The last rank submits only after 6 s."""
+the exact result once the peer submits. A synchronous call interrupted the same way leaves its
+collective in flight too, adopted with its buffers, which receive the result. The last rank
+submits only after 6 s (and its synchronous call 3 s after that)."""
 import os
 import signal
 import threading
@@ -10,6 +12,7 @@ import time
 import numpy as np
 
 import fusecomm as hvd
+from fusecomm import _engine
 from _util import run_main
 
 
@@ -32,6 +35,23 @@ def interrupted_wait(handle, send_signal, expected):
         return time.monotonic() - started
 
 
+def interrupted_synchronous_call(rank, expected):
+    """An in-place allreduce_ whose wait a signal abandons: its handle is adopted with the
+    array, and the array receives the result once the last rank submits."""
+    signal.alarm(1)
+    array = np.full(4, rank + 1.0)
+    try:
+        hvd.allreduce_(array, op=hvd.Sum, name="c")
+        raise AssertionError("the synchronous allreduce_ was not interrupted")
+    except Alarm:
+        pass
+    with _engine._lock:
+        adopted = list(_engine._handles.items())
+    assert len(adopted) == 1 and any(k is array for k in adopted[0][1][0]), adopted
+    got = _engine.synchronize(adopted[0][0])
+    assert got is array and array.tolist() == expected, (got, array)
+
+
 def main():
     hvd.init()
     rank, n = hvd.rank(), hvd.size()
@@ -41,6 +61,8 @@ def main():
         time.sleep(6.0)
         a = hvd.allreduce(np.full(4, rank + 1.0), op=hvd.Sum, name="a")
         b = hvd.allreduce(np.full(4, rank + 1.0), op=hvd.Sum, name="b")
+        time.sleep(3.0)  # the others' synchronous "c" is interrupted at 1 s
+        hvd.allreduce_(np.full(4, rank + 1.0), op=hvd.Sum, name="c")
     else:
         signal.signal(signal.SIGALRM, on_alarm)
         handle_a = hvd.allreduce_async(np.full(4, rank + 1.0), op=hvd.Sum, name="a")
@@ -52,6 +74,7 @@ def main():
         assert took_b < 4.0, f"KeyboardInterrupt came only after {took_b:.1f} s"
         a = hvd.synchronize(handle_a)  # still in flight: the same handle completes
         b = hvd.synchronize(handle_b)
+        interrupted_synchronous_call(rank, expected)
         print(f"rank {rank}: interrupted after {took:.2f}s and {took_b:.2f}s", flush=True)
     assert a.tolist() == expected and b.tolist() == expected, (a, b)
     print(f"rank {rank}: OK", flush=True)

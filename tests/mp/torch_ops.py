@@ -336,7 +336,12 @@ def check_gradients():
     assert y.dtype == torch.float32
     expected = sum((rank_tensor([30], q, (9,), torch.float32) / 3).half().float()
                    for q in range(N))
-    expect_close(y.detach(), expected.half().float(), "allreduce fp16 compression", rtol=2e-3)
+    # Each fp16 addition on the wire rounds at the scale of its partial sum (up to N times the
+    # largest input), so a sum that cancels to near zero is only that close, whatever the order.
+    largest = max(float((rank_tensor([30], q, (9,), torch.float32) / 3).abs().max())
+                  for q in range(N))
+    expect_close(y.detach(), expected.half().float(), "allreduce fp16 compression", rtol=2e-3,
+                 atol=(N - 1) * N * largest * 2.0 ** -11)
     y.sum().backward()
     expect_close(x.grad, torch.full((9,), float(N)), "fp16 compression grad", rtol=2e-3)
 
