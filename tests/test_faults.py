@@ -21,7 +21,7 @@ def fusecomm_run(ranks, *args, timeout=120):
 
 @pytest.mark.parametrize("mode, victim, ranks", [
     ("kill", 1, 3), ("kill", 0, 3), ("kill", 2, 4), ("raise", 1, 2), ("exit", 0, 3),
-    ("shutdown", 1, 3),
+    ("shutdown", 1, 3), ("kill-in-shm", 0, 3),
 ])
 def test_rank_leaving_is_an_error_on_every_other_rank(mode, victim, ranks):
     proc = fusecomm_run(ranks, MP_DIR / "fault_rank_death.py", mode, victim)

@@ -64,6 +64,12 @@ void RingAllreduce(Comm& comm, void* buf, size_t count, DataType dtype, ReduceOp
                    size_t segment_bytes = kDefaultSegmentBytes);
 AlgorithmCost RingAllreduceCost(int ranks, int rank, size_t count, size_t elem_size);
 
+// Shared memory (shm_allreduce.cc): every rank on one node (comm.shared_segment()); each block
+// is reduced by one rank in the segment and copied out by all, in pieces of the slot size.
+void SharedMemoryAllreduce(Comm& comm, void* buf, size_t count, DataType dtype, ReduceOp op);
+AlgorithmCost SharedMemoryAllreduceCost(int ranks, size_t count, size_t elem_size,
+                                        size_t slot_bytes);
+
 // Rabenseifner: recursive-halving reduce-scatter + recursive-doubling all-gather over the
 // largest power of two p' <= p; the p - p' extra ranks fold their data into a partner first and
 // get the result back at the end.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "collectives/allreduce.h"
+#include "transport/shared_segment.h"
 #include "transport/topology.h"
 
 namespace fusecomm {
@@ -38,6 +39,11 @@ AlgorithmCost CostOf(AllreduceAlgorithm algorithm, const Topology& topo, size_t 
     case AllreduceAlgorithm::kTorus2D:
       return Busiest(Torus2DAllreduceCost(p, topo.torus_x, 0, count, elem),
                      Torus2DAllreduceCost(p, topo.torus_x, p - 1, count, elem));
+    case AllreduceAlgorithm::kSharedMemory: {
+      const SharedSegment* segment = topo.global->shared_segment();
+      return segment ? SharedMemoryAllreduceCost(p, count, elem, segment->slot_bytes())
+                     : RingAllreduceCost(p, 0, count, elem);
+    }
     default:
       return {};
   }
@@ -64,7 +70,8 @@ LinkCost SplitByLink(AllreduceAlgorithm algorithm, const Topology& topo, size_t 
                            (algorithm == AllreduceAlgorithm::kTorus2D &&
                             topo.torus_x > topo.global->size());
   if (global_ring) return {{}, {}, total};
-  if (nodes <= 1) return {total, {}, {}};
+  // Virtual nodes (FUSECOMM_LOCAL_SIZE) aside, a shared segment means one node: no link at all.
+  if (nodes <= 1 || algorithm == AllreduceAlgorithm::kSharedMemory) return {total, {}, {}};
   AlgorithmCost inter;
   switch (algorithm) {
     case AllreduceAlgorithm::kHierarchical:
@@ -128,6 +135,11 @@ std::vector<AllreduceAlgorithm> AutoCandidates(const Topology& topo) {
   std::vector<AllreduceAlgorithm> candidates = {
       AllreduceAlgorithm::kNative, AllreduceAlgorithm::kRing,
       AllreduceAlgorithm::kRecursiveHalvingDoubling, AllreduceAlgorithm::kTorus2D};
+  // Virtual nodes (FUSECOMM_LOCAL_SIZE) stand for several machines: no shared memory for auto
+  // there, though an explicit algorithm="shm" still runs.
+  if (topo.global->shared_segment() != nullptr && topo.node_sizes.size() <= 1) {
+    candidates.push_back(AllreduceAlgorithm::kSharedMemory);
+  }
   if (topo.node_sizes.size() > 1) {
     candidates.push_back(AllreduceAlgorithm::kHierarchical);
     if (topo.homogeneous) candidates.push_back(AllreduceAlgorithm::kHierarchicalScatter);

@@ -35,6 +35,11 @@ AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorit
   if (algorithm == AllreduceAlgorithm::kNative && !comm.NativeReductionSupports(dtype, op)) {
     algorithm = AllreduceAlgorithm::kRing;
   }
+  // Ranks on several nodes, or a transport without shared memory (NCCL): every rank sees the
+  // same, so every rank falls back alike.
+  if (algorithm == AllreduceAlgorithm::kSharedMemory && comm.shared_segment() == nullptr) {
+    algorithm = AllreduceAlgorithm::kRing;
+  }
   switch (algorithm) {
     case AllreduceAlgorithm::kRing:
       RingAllreduce(comm, buf, count, dtype, op);
@@ -53,6 +58,9 @@ AllreduceAlgorithm RunAllreduce(const Topology& topo, AllreduceAlgorithm algorit
       break;
     case AllreduceAlgorithm::kNative:
       comm.NativeAllreduce(buf, count, dtype, op);
+      break;
+    case AllreduceAlgorithm::kSharedMemory:
+      SharedMemoryAllreduce(comm, buf, count, dtype, op);
       break;
     case AllreduceAlgorithm::kAuto:
       // Every rank must run the same algorithm, so `auto` is resolved once, by the selector,

@@ -81,6 +81,7 @@ const char* AllreduceAlgorithmName(AllreduceAlgorithm algorithm) {
     case AllreduceAlgorithm::kHierarchicalScatter: return "hierarchical_scatter";
     case AllreduceAlgorithm::kTorus2D: return "torus2d";
     case AllreduceAlgorithm::kNative: return "native";
+    case AllreduceAlgorithm::kSharedMemory: return "shm";
   }
   return "unknown";
 }
@@ -92,10 +93,11 @@ AllreduceAlgorithm ParseAllreduceAlgorithm(const std::string& name) {
   if (name == "hierarchical") return AllreduceAlgorithm::kHierarchical;
   if (name == "hierarchical_scatter") return AllreduceAlgorithm::kHierarchicalScatter;
   if (name == "torus2d") return AllreduceAlgorithm::kTorus2D;
+  if (name == "shm") return AllreduceAlgorithm::kSharedMemory;
   if (name == "mpi" || name == "nccl" || name == "native") return AllreduceAlgorithm::kNative;
   throw InvalidArgument("unknown all-reduce algorithm '" + name +
                         "': expected one of auto, ring, rhd, hierarchical, hierarchical_scatter, "
-                        "torus2d, mpi");
+                        "torus2d, shm, mpi");
 }
 
 void CheckDataType(int32_t value) {

@@ -51,6 +51,7 @@ enum class AllreduceAlgorithm : int32_t {
   kHierarchicalScatter = 4,     // reduce-scatter in node, all-reduce across nodes per shard, all-gather
   kTorus2D = 5,
   kNative = 6,                  // the transport's own call (MPI_Allreduce, ncclAllReduce)
+  kSharedMemory = 7,            // every rank on one node: reduced in a shared segment
 };
 
 size_t DataTypeSize(DataType dtype);

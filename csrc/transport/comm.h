@@ -14,6 +14,8 @@
 
 namespace fusecomm {
 
+class SharedSegment;
+
 // An outstanding non-blocking send or receive.
 class CommRequest {
  public:
@@ -77,6 +79,9 @@ class Comm {
                                     const std::vector<size_t>& recv_counts, DataType dtype,
                                     ReduceOp op) = 0;
   virtual void Barrier() = 0;
+  // Memory every rank of this comm maps (all of them on one node), or null: what the
+  // shared-memory all-reduce works in.
+  virtual SharedSegment* shared_segment() { return nullptr; }
 
   TrafficCounters& traffic() { return traffic_; }
 

@@ -33,7 +33,7 @@ def add_arguments(parser):
     parser.add_argument("-f", "--step-factor", type=int, default=2)
     parser.add_argument("--algorithms", default="ring,mpi,auto",
                         help="engine algorithms, comma-separated (ring, rhd, hierarchical, "
-                             "hierarchical_scatter, torus2d, mpi, auto)")
+                             "hierarchical_scatter, torus2d, shm, mpi, auto)")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the references: MPI_Allreduce through mpi4py, and Horovod's "
                              "allreduce (horovod.torch) when Horovod is installed")

@@ -9,7 +9,8 @@ import fusecomm as hvd
 from _util import rank_data, run_main
 from core_collectives import check_equal, test_allreduce
 
-ALGORITHMS = ("ring", "rhd", "hierarchical", "hierarchical_scatter", "torus2d", "mpi", "auto")
+ALGORITHMS = ("ring", "rhd", "hierarchical", "hierarchical_scatter", "torus2d", "shm", "mpi",
+              "auto")
 
 
 def fused_groups(seed, rank, n):
@@ -23,14 +24,18 @@ def fused_groups(seed, rank, n):
             check_equal(hvd.synchronize(h), ref, "float32", f"fused {algorithm} {i}")
 
 
-def segmented_native(seed, rank, n):
-    """Above 4 MiB the native all-reduce runs as 1 MiB segments, four in flight: an odd count
-    spans two rounds of segments and ends with a partial one."""
+def segmented(seed, rank, n):
+    """Above 4 MiB the native all-reduce runs as 1 MiB segments, four in flight, and the
+    shared-memory one in pieces of 1 MiB a rank, alternating between two slot sets: an odd
+    count spans several rounds and ends with a partial one."""
     count = (5 << 20) // 4 + 3
     for op, dtype, combine in ((hvd.Sum, "float32", np.add), (hvd.Max, "int32", np.maximum)):
         data = [rank_data(seed, q, (count,), dtype) for q in range(n)]
-        got = hvd.allreduce(data[rank], op=op, name=f"segmented.{dtype}", algorithm="mpi")
-        check_equal(got, combine.reduce(data), dtype, f"segmented mpi {dtype} (seed {seed})")
+        for algorithm in ("mpi", "shm"):
+            got = hvd.allreduce(data[rank], op=op, name=f"segmented.{dtype}.{algorithm}",
+                                algorithm=algorithm)
+            check_equal(got, combine.reduce(data), dtype,
+                        f"segmented {algorithm} {dtype} (seed {seed})")
 
 
 def nonblocking_allreduce_is_the_ring():
@@ -48,7 +53,7 @@ def main():
     nonblocking_allreduce_is_the_ring()
     checked = test_allreduce(seed, rank, n, ALGORITHMS, sizes=[0, 1, 7, 13, 1021, 65537])
     fused_groups(seed, rank, n)
-    segmented_native(seed, rank, n)
+    segmented(seed, rank, n)
     print(f"rank {rank}: OK ({checked} cases, local_size {hvd.local_size()})", flush=True)
     hvd.shutdown()
 

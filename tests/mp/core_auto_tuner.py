@@ -19,6 +19,8 @@ def candidates():
     names = ["native", "ring", "rhd", "torus2d"]
     if hvd.local_size() < hvd.size():  # several (virtual) nodes, all the same size here
         names += ["hierarchical", "hierarchical_scatter"]
+    else:  # one node: the ranks share memory
+        names += ["shm"]
     return names
 
 

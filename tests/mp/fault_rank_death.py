@@ -1,10 +1,13 @@
 """One rank leaves mid-training (mode 'kill': SIGKILL; 'raise': an uncaught exception;
-'exit': sys.exit without shutdown(); 'shutdown': shutdown() while the others still submit).
+'exit': sys.exit without shutdown(); 'shutdown': shutdown() while the others still submit;
+'kill-in-shm': SIGKILL from a timer while every rank streams 8 MiB shared-memory all-reduces,
+so the others are most likely waiting inside the shared segment when it dies).
 Every other rank must get an error naming that rank and the cause within the liveness timeout,
 never hang. Arguments: mode, victim rank."""
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -19,10 +22,14 @@ def main():
     hvd.init()
     rank, n = hvd.rank(), hvd.size()
     x = np.ones(1000, np.float32)
+    in_shm = mode == "kill-in-shm"
+    big = np.ones(2 << 20, np.float32)
     for step in range(20):
         out = hvd.allreduce(x, op=hvd.Sum, name=f"grad.{step % 4}")
         assert out[0] == n
-    if rank == VICTIM:
+    if rank == VICTIM and in_shm:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    elif rank == VICTIM:
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "raise":
@@ -35,7 +42,10 @@ def main():
     started = time.monotonic()
     try:
         for step in range(1000):
-            hvd.allreduce(x, op=hvd.Sum, name=f"grad.{step % 4}")
+            if in_shm:
+                hvd.allreduce_(big, op=hvd.Max, name="big", algorithm="shm")
+            else:
+                hvd.allreduce(x, op=hvd.Sum, name=f"grad.{step % 4}")
         print(f"rank {rank}: FAIL no error after the death of rank {VICTIM}", flush=True)
         sys.exit(2)
     except (hvd.CollectiveError, hvd.NotInitializedError) as e:
@@ -44,6 +54,7 @@ def main():
     # A killed rank is silent (liveness); one that raises or exits still runs Python's exit
     # handlers, which shut fusecomm down and say so.
     expected = {"kill": f"rank {VICTIM} stopped responding",
+                "kill-in-shm": f"rank {VICTIM} stopped responding",
                 "shutdown": f"shut down by rank {VICTIM} (it called shutdown())"}.get(
         mode, f"shut down by rank {VICTIM} (its process exited)")
     assert expected in text, text

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "common/errors.h"
+#include "transport/abort.h"
 #include "reduce/cpu_reduce.h"
 #include "transport/mpi/mpi_wait.h"
 
@@ -171,7 +172,38 @@ MpiComm::MpiComm(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
 MpiComm::~MpiComm() {
   int finalized = 0;
   MPI_Finalized(&finalized);
+  shared_.reset();
+  // Freeing a window is collective: with a dead peer it could wait forever.
+  if (window_ != MPI_WIN_NULL && !finalized && !TransportAborted()) MPI_Win_free(&window_);
   if (owned_ && !finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void MpiComm::AttachSharedSegment(size_t slot_bytes) {
+  if (size_ < 2) return;
+  MPI_Comm node = MPI_COMM_NULL;
+  CheckMpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+           "MPI_Comm_split_type");
+  int node_size = 0;
+  MPI_Comm_size(node, &node_size);
+  // Every rank sees the same answer: either all of them share this node or none sees all.
+  if (node_size != size_) {
+    MPI_Comm_free(&node);
+    return;
+  }
+  // Rank 0 allocates the whole segment, so it is one contiguous mapping on every rank.
+  const size_t bytes = SharedSegment::Bytes(size_, slot_bytes);
+  char* mine = nullptr;
+  CheckMpi(MPI_Win_allocate_shared(rank_ == 0 ? static_cast<MPI_Aint>(bytes) : 0, 1,
+                                   MPI_INFO_NULL, comm_, &mine, &window_),
+           "MPI_Win_allocate_shared");
+  MPI_Comm_free(&node);
+  MPI_Aint size = 0;
+  int unit = 0;
+  char* base = nullptr;
+  CheckMpi(MPI_Win_shared_query(window_, 0, &size, &unit, &base), "MPI_Win_shared_query");
+  shared_ = std::make_unique<SharedSegment>(base, rank_, size_, slot_bytes);
+  // No rank may use the segment before every rank has zeroed its counter.
+  CheckMpi(MPI_Barrier(comm_), "MPI_Barrier");
 }
 
 MemoryOps& MpiComm::memory() { return HostMemory(); }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "transport/comm.h"
+#include "transport/shared_segment.h"
 
 namespace fusecomm {
 
@@ -46,9 +47,15 @@ class MpiComm : public Comm {
   void NativeReduceScatterv(const void* send, void* recv, const std::vector<size_t>& recv_counts,
                             DataType dtype, ReduceOp op) override;
   void Barrier() override;
+  SharedSegment* shared_segment() override { return shared_.get(); }
+  // Collective over this comm: when every rank runs on this node, maps a SharedSegment with
+  // slots of `slot_bytes` (MPI_Win_allocate_shared); otherwise leaves none.
+  void AttachSharedSegment(size_t slot_bytes);
 
  private:
   MPI_Comm comm_;
+  MPI_Win window_ = MPI_WIN_NULL;
+  std::unique_ptr<SharedSegment> shared_;
   bool owned_;
   int rank_ = 0;
   int size_ = 1;

@@ -162,6 +162,10 @@ namespace {
 
 constexpr char kLibnbcAllreduceVariable[] = "coll_libnbc_iallreduce_algorithm";
 
+// The shared-memory all-reduce moves a buffer in pieces of up to this many bytes a rank; the
+// segment holds two pieces of every rank (4 MiB for 2 ranks).
+constexpr size_t kSharedSlotBytes = size_t{1} << 20;
+
 // Runs `use` on libnbc's all-reduce algorithm variable; false if this MPI has none.
 template <typename Use>
 bool WithLibnbcAllreduceVariable(Use use) {
@@ -295,7 +299,9 @@ std::unique_ptr<ControlChannel> MpiProcessGroup::NewControlChannel() {
 }
 
 std::unique_ptr<Comm> MpiProcessGroup::NewDataComm() {
-  return std::make_unique<MpiComm>(Dup(comm_), true);
+  auto comm = std::make_unique<MpiComm>(Dup(comm_), true);
+  comm->AttachSharedSegment(kSharedSlotBytes);
+  return comm;
 }
 
 std::vector<int> MpiProcessGroup::NodeOfEachRank(int local_size) {
