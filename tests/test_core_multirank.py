@@ -52,6 +52,8 @@ def test_every_algorithm_through_the_engine(ranks, local_size):
     env = {"FUSECOMM_LOCAL_SIZE": str(local_size)}
     if ranks == 5:  # a user's own choice of libnbc's all-reduce is kept (and still correct)
         env["OMPI_MCA_coll_libnbc_iallreduce_algorithm"] = "3"
+    if ranks == 3:  # no shared-memory windows: no segment, and "shm" runs as the ring
+        env["OMPI_MCA_osc"] = "^sm"
     out = run_ranks("core_algorithms.py", ranks, seed, env=env)
     assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
     assert f"local_size {min(local_size, ranks)}" in out

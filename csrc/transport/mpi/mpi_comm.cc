@@ -190,17 +190,27 @@ void MpiComm::AttachSharedSegment(size_t slot_bytes) {
     MPI_Comm_free(&node);
     return;
   }
-  // Rank 0 allocates the whole segment, so it is one contiguous mapping on every rank.
+  MPI_Comm_free(&node);
+  // Rank 0 allocates the whole segment, so it is one contiguous mapping on every rank. An MPI
+  // that cannot share memory here (no shared-memory window component) only means no segment,
+  // but every rank must agree, since `auto` races the algorithm only where all ranks have it.
   const size_t bytes = SharedSegment::Bytes(size_, slot_bytes);
   char* mine = nullptr;
-  CheckMpi(MPI_Win_allocate_shared(rank_ == 0 ? static_cast<MPI_Aint>(bytes) : 0, 1,
-                                   MPI_INFO_NULL, comm_, &mine, &window_),
-           "MPI_Win_allocate_shared");
-  MPI_Comm_free(&node);
-  MPI_Aint size = 0;
-  int unit = 0;
   char* base = nullptr;
-  CheckMpi(MPI_Win_shared_query(window_, 0, &size, &unit, &base), "MPI_Win_shared_query");
+  int mapped = MPI_Win_allocate_shared(rank_ == 0 ? static_cast<MPI_Aint>(bytes) : 0, 1,
+                                       MPI_INFO_NULL, comm_, &mine, &window_) == MPI_SUCCESS;
+  if (mapped) {
+    MPI_Win_set_errhandler(window_, MPI_ERRORS_RETURN);
+    MPI_Aint size = 0;
+    int unit = 0;
+    mapped = MPI_Win_shared_query(window_, 0, &size, &unit, &base) == MPI_SUCCESS &&
+             static_cast<size_t>(size) >= bytes;
+  }
+  CheckMpi(MPI_Allreduce(MPI_IN_PLACE, &mapped, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce");
+  if (!mapped) {
+    if (window_ != MPI_WIN_NULL) MPI_Win_free(&window_);
+    return;
+  }
   shared_ = std::make_unique<SharedSegment>(base, rank_, size_, slot_bytes);
   // No rank may use the segment before every rank has zeroed its counter.
   CheckMpi(MPI_Barrier(comm_), "MPI_Barrier");
