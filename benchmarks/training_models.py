@@ -17,6 +17,7 @@ count, alternated between rank counts. Reported: the median over runs, and each 
 variant's step time over Horovod's and DDP's. Horovod is measured where it is importable (it is
 never a dependency: a message says when it is skipped)."""
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -236,7 +237,10 @@ def worker(args):
     # finalises it under the other; Gloo's group lives for the whole launch too.
     from mpi4py import MPI  # noqa: F401
 
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+    # A bounded rendezvous: a store that never answers (its port taken in between) is an error
+    # here, not a launch that waits out torch's default 30 minutes.
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size,
+                            timeout=datetime.timedelta(seconds=120))
     # The variants' order rotates from run to run, so none always runs first (or last).
     shift = args.worker % len(args.variants)
     order = args.variants[shift:] + args.variants[:shift]
