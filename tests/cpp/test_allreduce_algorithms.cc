@@ -10,9 +10,10 @@
 // Build (OMPI_SKIP_MPICXX keeps Open MPI's C++ bindings, and their -Wextra warnings, out):
 //        mpicxx -std=c++17 -O2 -Wall -Wextra -DOMPI_SKIP_MPICXX=1 -Icsrc
 //          csrc/collectives/{pipeline,ring_allreduce,rhd_allreduce,hierarchical_allreduce,
-//          torus2d_allreduce}.cc csrc/common/types.cc
-//          csrc/reduce/cpu_reduce.cc csrc/transport/host_memory.cc
-//          csrc/transport/mpi/mpi_comm.cc tests/cpp/test_allreduce_algorithms.cc -o test_algos
+//          torus2d_allreduce,shm_allreduce}.cc csrc/common/types.cc
+//          csrc/reduce/cpu_reduce.cc csrc/transport/{host_memory,shared_segment,abort}.cc
+//          csrc/transport/mpi/{mpi_comm,mpi_wait}.cc tests/cpp/test_allreduce_algorithms.cc
+//          -o test_algos
 // Run:    mpirun -np 5 -x FUSECOMM_LOCAL_SIZE=2 -x FUSECOMM_TORUS_X=3 test_algos
 #include <mpi.h>
 
@@ -24,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -40,8 +42,13 @@ namespace {
 
 // ---- Topology from virtual nodes of consecutive ranks.
 
+// The shared-memory all-reduce's slots here: small, so that a few thousand elements already
+// take several pieces, alternating between the two slot sets, the last one partial.
+constexpr size_t kTestSlotBytes = 4096;
+
 struct TestTopology {
   std::unique_ptr<MpiComm> world;
+  std::unique_ptr<MpiComm> shared;  // all ranks, with a SharedSegment (one machine)
   Topology topo;
   int local_size = 1;  // FUSECOMM_LOCAL_SIZE, clamped to the rank count
   int node = 0;
@@ -50,7 +57,8 @@ struct TestTopology {
   std::vector<Comm*> Comms() const {
     std::vector<Comm*> comms;
     for (Comm* c : {topo.global, topo.local.get(), topo.cross.get(), topo.torus_row.get(),
-                    topo.torus_col.get(), topo.torus_col_full.get()}) {
+                    topo.torus_col.get(), topo.torus_col_full.get(),
+                    static_cast<Comm*>(shared.get())}) {
       if (c != nullptr) comms.push_back(c);
     }
     return comms;
@@ -83,6 +91,10 @@ void BuildTopology(TestTopology* t) {
   topo.torus_col_full = world.Split(rank / x < full_rows ? rank % x : -1, rank);
   for (int first = 0; first < p; first += k) topo.node_sizes.push_back(std::min(k, p - first));
   topo.homogeneous = p % k == 0;
+  MPI_Comm dup;
+  MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+  t->shared = std::make_unique<MpiComm>(dup, true);
+  t->shared->AttachSharedSegment(kTestSlotBytes);
 }
 
 // ---- Inputs and the scalar reference.
@@ -318,6 +330,26 @@ std::vector<Algorithm> MakeAlgorithms(const TestTopology& t) {
                      if (n % p == 0) ex.closed = RingClosedForm(p, n, e);
                      return ex;
                    }});
+
+  if (t.shared->shared_segment() != nullptr) {
+    // Nothing goes on the wire: two synchronizations a piece are its only steps.
+    MpiComm& shared = *t.shared;
+    algos.push_back({"shm",
+                     [&shared](void* b, size_t n, DataType d, ReduceOp o, size_t) {
+                       SharedMemoryAllreduce(shared, b, n, d, o);
+                     },
+                     [=](size_t n, size_t e) {
+                       const AlgorithmCost c = SharedMemoryAllreduceCost(p, n, e, kTestSlotBytes);
+                       return Expected{{c.steps, 0}, std::nullopt};
+                     }});
+  } else {
+    // All ranks of this test run on one machine, so the segment must exist.
+    algos.push_back({"shm (no shared segment was mapped)",
+                     [](void*, size_t, DataType, ReduceOp, size_t) {
+                       throw std::runtime_error("MpiComm::AttachSharedSegment mapped nothing");
+                     },
+                     [](size_t, size_t) { return Expected{}; }});
+  }
 
   algos.push_back({"rhd",
                    [&world](void* b, size_t n, DataType d, ReduceOp o, size_t s) {
