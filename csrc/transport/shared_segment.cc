@@ -41,9 +41,20 @@ char* SharedSegment::slot(int set, int rank) const {
          (static_cast<size_t>(set) * size_ + static_cast<size_t>(rank)) * slot_bytes_;
 }
 
+uint64_t SharedSegment::Arrive() {
+  __atomic_store_n(counter(rank_), ++phase_, __ATOMIC_RELEASE);
+  return phase_;
+}
+
+bool SharedSegment::AllArrived(uint64_t phase) const {
+  for (int q = 0; q < size_; ++q) {
+    if (__atomic_load_n(counter(q), __ATOMIC_ACQUIRE) < phase) return false;
+  }
+  return true;
+}
+
 void SharedSegment::Synchronize(const char* what) {
-  const uint64_t phase = ++phase_;
-  __atomic_store_n(counter(rank_), phase, __ATOMIC_RELEASE);
+  const uint64_t phase = Arrive();
   const double bound = DataWaitBound();
   for (int q = 0; q < size_; ++q) {
     const uint64_t* theirs = counter(q);

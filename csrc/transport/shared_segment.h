@@ -28,7 +28,12 @@ class SharedSegment {
   // declared a peer dead or frozen) and aborts the transport when no peer moved for the
   // calling thread's data-wait bound (DataWaitBound).
   void Synchronize(const char* what);
-  // Pieces moved so far: selects the slot set of the next piece.
+  // The two halves of Synchronize, for callers that wait their own way (the negotiation, which
+  // may wait long for a peer's next cycle, sleeps): publishes this rank's next phase and
+  // returns it; whether every rank has published `phase`.
+  uint64_t Arrive();
+  bool AllArrived(uint64_t phase) const;
+  // Uses of the slots so far (pieces, negotiations): selects the slot set of the next one.
   uint64_t pieces = 0;
 
  private:

@@ -165,6 +165,9 @@ constexpr char kLibnbcAllreduceVariable[] = "coll_libnbc_iallreduce_algorithm";
 // The shared-memory all-reduce moves a buffer in pieces of up to this many bytes a rank; the
 // segment holds two pieces of every rank (4 MiB for 2 ranks).
 constexpr size_t kSharedSlotBytes = size_t{1} << 20;
+// A negotiation message through shared memory: the slot and one bit per cached response (4 KiB
+// holds 31,744 bits); a longer message goes point-to-point.
+constexpr size_t kNegotiationSlotBytes = 4096;
 
 // Runs `use` on libnbc's all-reduce algorithm variable; false if this MPI has none.
 template <typename Use>
@@ -295,7 +298,9 @@ MpiProcessGroup::~MpiProcessGroup() {
 }
 
 std::unique_ptr<ControlChannel> MpiProcessGroup::NewControlChannel() {
-  return std::make_unique<MpiControlChannel>(Dup(comm_));
+  auto channel = std::make_unique<MpiControlChannel>(Dup(comm_));
+  channel->AttachSharedSegment(kNegotiationSlotBytes);
+  return channel;
 }
 
 std::unique_ptr<Comm> MpiProcessGroup::NewDataComm() {

@@ -17,15 +17,13 @@ using Clock = std::chrono::steady_clock;
 
 // Polls until every request is done. Returns false when `timeout_seconds` > 0 passed with no
 // request completing (each completion restarts the clock, so a long transfer that keeps moving
-// is never cut off). Spinning keeps small messages at microseconds. After that:
-// - max_sleep_us == 0 (data waits): every peer is inside this collective, and a non-blocking
-//   collective only advances while this thread tests it, so it keeps testing, yielding the core
-//   between tests to any other runnable thread instead of sleeping (a sleep stalled MPI's
-//   progress: `mpi` through the engine took 2.5x MPI_Allreduce's time at 16-64 MiB);
-// - otherwise (negotiation, which waits for the slowest rank's next cycle) it sleeps in growing
-//   steps up to `max_sleep_us`, so an oversubscribed or busy rank gets its core back.
-bool Poll(MPI_Request* requests, int count, const char* call, int max_sleep_us,
-          double timeout_seconds) {
+// is never cut off). Spinning keeps small messages at microseconds. After that it keeps
+// testing, yielding the core between tests to any other runnable thread instead of sleeping:
+// every peer is inside this collective, and a non-blocking collective only advances while this
+// thread tests it (a sleep stalled MPI's progress: `mpi` through the engine took 2.5x
+// MPI_Allreduce's time at 16-64 MiB). The negotiation's waits, which may wait long for a
+// peer's next cycle, sleep instead (MpiControlChannel::WaitUntil).
+bool Poll(MPI_Request* requests, int count, const char* call, double timeout_seconds) {
   constexpr int kSpinIterations = 2000;
   constexpr int kMaxInlineRequests = 8;  // no allocation for the usual one or two requests
   const auto limit = std::chrono::duration_cast<Clock::duration>(
@@ -34,7 +32,6 @@ bool Poll(MPI_Request* requests, int count, const char* call, int max_sleep_us,
   std::vector<int> more_indices(count > kMaxInlineRequests ? static_cast<size_t>(count) : 0);
   int* indices = count > kMaxInlineRequests ? more_indices.data() : inline_indices;
   auto last_progress = Clock::now();
-  auto sleep = std::chrono::microseconds(2);
   for (int i = 0;; ++i) {
     if (TransportAborted()) throw CollectiveError(TransportAbortReason());
     int completed = 0;
@@ -47,29 +44,19 @@ bool Poll(MPI_Request* requests, int count, const char* call, int max_sleep_us,
     }
     if (i < kSpinIterations) continue;
     // Reading the clock costs as much as a test: only every 64th round once yielding.
-    if ((max_sleep_us > 0 || i % 64 == 0) && timeout_seconds > 0 &&
-        Clock::now() - last_progress > limit) {
+    if (i % 64 == 0 && timeout_seconds > 0 && Clock::now() - last_progress > limit) {
       return false;
     }
-    if (max_sleep_us == 0) {
-      std::this_thread::yield();
-      continue;
-    }
-    std::this_thread::sleep_for(sleep);
-    if (sleep.count() < max_sleep_us) sleep *= 2;
+    std::this_thread::yield();
   }
 }
 }  // namespace
-
-void WaitPolling(MPI_Request* requests, int count, const char* call, int max_sleep_us) {
-  Poll(requests, count, call, max_sleep_us, 0);
-}
 
 void WaitData(MPI_Request* requests, int count, const std::string& what) {
   const double timeout = DataWaitBound();
   std::string reason;
   try {
-    if (Poll(requests, count, "MPI_Testsome", /*max_sleep_us=*/0, timeout)) return;
+    if (Poll(requests, count, "MPI_Testsome", timeout)) return;
     char seconds[32];
     std::snprintf(seconds, sizeof(seconds), "%g", timeout);
     reason = what + ": nothing arrived or left for " + seconds +

@@ -10,12 +10,6 @@
 
 namespace fusecomm {
 
-// Completes `count` requests, spinning briefly and then sleeping in growing steps up to
-// `max_sleep_us` (> 0). Unbounded in time (negotiation waits for the slowest rank's next step; the
-// stall and liveness checks bound it). Throws CollectiveError when MPI fails or the transport
-// has been aborted.
-void WaitPolling(MPI_Request* requests, int count, const char* call, int max_sleep_us = 50);
-
 // A data-plane wait: tests without sleeping (yielding the core between tests), since a
 // non-blocking collective advances only while tested; bounded by this thread's BoundDataWaits. On a timeout or
 // an MPI error it aborts the transport first (the peers' messages of this collective can no
