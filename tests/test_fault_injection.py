@@ -209,14 +209,18 @@ def test_launcher_exits_non_zero_when_only_an_end_marker_says_a_rank_failed(
         "#!/bin/bash\n"
         "if [ \"$1\" = --version ]; then echo 'mpirun (Open MPI) 4.1.4'; exit 0; fi\n"
         f"echo '{rank_wrapper.END_MARKER}rank 0 code 0' >&2\n"
-        f"echo '{rank_wrapper.END_MARKER}rank 1 code 4' >&2\n"
+        f"echo '{rank_wrapper.END_MARKER}rank 10 code 5' >&2\n"
+        f"echo '{rank_wrapper.END_MARKER}rank 2 code 4' >&2\n"
+        + "".join(f"echo '{rank_wrapper.END_MARKER}rank {r} code 0' >&2\n"
+                  for r in (1, 3, 4, 5, 6, 7, 8, 9)) +
         "exit 0\n")
     fake.chmod(0o755)
     monkeypatch.setattr(launch, "find_mpirun", lambda: str(fake))
-    code = cli.main(["run", "-np", "2", "--", "true"])
+    code = cli.main(["run", "-np", "11", "--", "true"])
     text = "".join(capfd.readouterr())
+    # The lowest failed rank is reported: rank 2, not rank 10 (which sorts first as text).
     assert code == 4, text
-    assert "rank 1 exited with status 4" in text, text
+    assert "rank 2 exited with status 4" in text, text
 
 
 def test_launcher_ends_an_mpirun_that_outlives_its_ranks(tmp_path, monkeypatch, capfd):

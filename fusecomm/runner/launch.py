@@ -302,7 +302,10 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
         print(f"fusecomm run: the first rank to fail: {rank_wrapper.without_time(first_failure)}",
               file=sys.stderr)
         return rank_wrapper.exit_status(first_failure) or code or 1
-    failed = sorted((rank, status) for rank, status in ended_ranks.items() if status != 0)
+    # Ranks are numbers as text ("?" where the launcher named none): rank 2 comes before 10.
+    failed = sorted(((rank, status) for rank, status in ended_ranks.items() if status != 0),
+                    key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit()
+                                      else 0))
     if failed:
         # A failure marker lost in mangled output: the end markers still carry the status.
         rank, status = failed[0]
