@@ -54,6 +54,12 @@ def test_every_algorithm_through_the_engine(ranks, local_size):
         env["OMPI_MCA_coll_libnbc_iallreduce_algorithm"] = "3"
     if ranks == 3:  # no shared-memory windows: no segment, and "shm" runs as the ring
         env["OMPI_MCA_osc"] = "^sm"
+    # The shared-memory all-reduce reads its peers' buffers from 1 MiB up (only the 5 MiB case
+    # below): at 2 ranks at every size (blocks of 0 and 1 element included), at 4 never.
+    if ranks == 2:
+        env["FUSECOMM_SHM_SINGLE_COPY_MIN_BYTES"] = "0"
+    if ranks == 4:
+        env["FUSECOMM_SHM_SINGLE_COPY_MIN_BYTES"] = "-1"
     out = run_ranks("core_algorithms.py", ranks, seed, env=env)
     assert out.count(": OK") == ranks, f"seed {seed}\n{out}"
     assert f"local_size {min(local_size, ranks)}" in out

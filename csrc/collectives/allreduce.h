@@ -65,10 +65,11 @@ void RingAllreduce(Comm& comm, void* buf, size_t count, DataType dtype, ReduceOp
 AlgorithmCost RingAllreduceCost(int ranks, int rank, size_t count, size_t elem_size);
 
 // Shared memory (shm_allreduce.cc): every rank on one node (comm.shared_segment()); each block
-// is reduced by one rank in the segment and copied out by all, in pieces of the slot size.
+// is reduced by one rank and copied out by all: through the segment's slots, in pieces of the
+// slot size, or, from the segment's single_copy_min_bytes up, read from the peers' buffers.
 void SharedMemoryAllreduce(Comm& comm, void* buf, size_t count, DataType dtype, ReduceOp op);
 AlgorithmCost SharedMemoryAllreduceCost(int ranks, size_t count, size_t elem_size,
-                                        size_t slot_bytes);
+                                        size_t slot_bytes, size_t single_copy_min_bytes);
 
 // Rabenseifner: recursive-halving reduce-scatter + recursive-doubling all-gather over the
 // largest power of two p' <= p; the p - p' extra ranks fold their data into a partner first and

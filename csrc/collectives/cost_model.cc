@@ -41,7 +41,8 @@ AlgorithmCost CostOf(AllreduceAlgorithm algorithm, const Topology& topo, size_t 
                      Torus2DAllreduceCost(p, topo.torus_x, p - 1, count, elem));
     case AllreduceAlgorithm::kSharedMemory: {
       const SharedSegment* segment = topo.global->shared_segment();
-      return segment ? SharedMemoryAllreduceCost(p, count, elem, segment->slot_bytes())
+      return segment ? SharedMemoryAllreduceCost(p, count, elem, segment->slot_bytes(),
+                                                 segment->single_copy_min_bytes())
                      : RingAllreduceCost(p, 0, count, elem);
     }
     default:

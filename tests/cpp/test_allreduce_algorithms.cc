@@ -48,7 +48,8 @@ constexpr size_t kTestSlotBytes = 4096;
 
 struct TestTopology {
   std::unique_ptr<MpiComm> world;
-  std::unique_ptr<MpiComm> shared;  // all ranks, with a SharedSegment (one machine)
+  std::unique_ptr<MpiComm> shared;  // all ranks, with a SharedSegment (one machine): slots only
+  std::unique_ptr<MpiComm> shared_direct;  // the same, reading peers' buffers at every size
   Topology topo;
   int local_size = 1;  // FUSECOMM_LOCAL_SIZE, clamped to the rank count
   int node = 0;
@@ -58,7 +59,7 @@ struct TestTopology {
     std::vector<Comm*> comms;
     for (Comm* c : {topo.global, topo.local.get(), topo.cross.get(), topo.torus_row.get(),
                     topo.torus_col.get(), topo.torus_col_full.get(),
-                    static_cast<Comm*>(shared.get())}) {
+                    static_cast<Comm*>(shared.get()), static_cast<Comm*>(shared_direct.get())}) {
       if (c != nullptr) comms.push_back(c);
     }
     return comms;
@@ -95,6 +96,9 @@ void BuildTopology(TestTopology* t) {
   MPI_Comm_dup(MPI_COMM_WORLD, &dup);
   t->shared = std::make_unique<MpiComm>(dup, true);
   t->shared->AttachSharedSegment(kTestSlotBytes);
+  MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+  t->shared_direct = std::make_unique<MpiComm>(dup, true);
+  t->shared_direct->AttachSharedSegment(kTestSlotBytes, 0);
 }
 
 // ---- Inputs and the scalar reference.
@@ -332,16 +336,30 @@ std::vector<Algorithm> MakeAlgorithms(const TestTopology& t) {
                    }});
 
   if (t.shared->shared_segment() != nullptr) {
-    // Nothing goes on the wire: two synchronizations a piece are its only steps.
-    MpiComm& shared = *t.shared;
-    algos.push_back({"shm",
-                     [&shared](void* b, size_t n, DataType d, ReduceOp o, size_t) {
-                       SharedMemoryAllreduce(shared, b, n, d, o);
-                     },
-                     [=](size_t n, size_t e) {
-                       const AlgorithmCost c = SharedMemoryAllreduceCost(p, n, e, kTestSlotBytes);
-                       return Expected{{c.steps, 0}, std::nullopt};
-                     }});
+    // Nothing goes on the wire: two synchronizations a piece (three for a single copy) are its
+    // only steps.
+    for (MpiComm* comm : {t.shared.get(), t.shared_direct.get()}) {
+      const size_t min_bytes = comm->shared_segment()->single_copy_min_bytes();
+      algos.push_back({min_bytes == SIZE_MAX ? "shm" : "shm (single copy)",
+                       [comm](void* b, size_t n, DataType d, ReduceOp o, size_t) {
+                         SharedMemoryAllreduce(*comm, b, n, d, o);
+                       },
+                       [=](size_t n, size_t e) {
+                         const AlgorithmCost c =
+                             SharedMemoryAllreduceCost(p, n, e, kTestSlotBytes, min_bytes);
+                         return Expected{{c.steps, 0}, std::nullopt};
+                       }});
+    }
+    // This machine lets a process read its peers' memory (Linux's default for one user): the
+    // second comm must have found that, or its entry above tested the slots twice.
+    if (t.shared_direct->shared_segment()->single_copy_min_bytes() != 0) {
+      algos.push_back({"shm (single copy was not enabled)",
+                       [](void*, size_t, DataType, ReduceOp, size_t) {
+                         throw std::runtime_error("ProbePeerReads failed: process_vm_readv "
+                                                  "cannot read the peers here");
+                       },
+                       [](size_t, size_t) { return Expected{}; }});
+    }
   } else {
     // All ranks of this test run on one machine, so the segment must exist.
     algos.push_back({"shm (no shared segment was mapped)",

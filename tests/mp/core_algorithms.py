@@ -26,8 +26,10 @@ def fused_groups(seed, rank, n):
 
 def segmented(seed, rank, n):
     """Above 4 MiB the native all-reduce runs as 1 MiB segments, four in flight, and the
-    shared-memory one in pieces of 1 MiB a rank, alternating between two slot sets: an odd
-    count spans several rounds and ends with a partial one."""
+    shared-memory one reads its peers' buffers (a chunk of up to 1 MiB at a time), or where
+    that is off (FUSECOMM_SHM_SINGLE_COPY_MIN_BYTES=-1) goes in pieces of 1 MiB a rank,
+    alternating between two slot sets: an odd count spans several rounds and ends with a
+    partial one."""
     count = (5 << 20) // 4 + 3
     for op, dtype, combine in ((hvd.Sum, "float32", np.add), (hvd.Max, "int32", np.maximum)):
         data = [rank_data(seed, q, (count,), dtype) for q in range(n)]

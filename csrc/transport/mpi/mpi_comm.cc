@@ -178,7 +178,7 @@ MpiComm::~MpiComm() {
   if (owned_ && !finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-void MpiComm::AttachSharedSegment(size_t slot_bytes) {
+void MpiComm::AttachSharedSegment(size_t slot_bytes, size_t single_copy_min_bytes) {
   if (size_ < 2) return;
   MPI_Comm node = MPI_COMM_NULL;
   CheckMpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
@@ -212,8 +212,21 @@ void MpiComm::AttachSharedSegment(size_t slot_bytes) {
     return;
   }
   shared_ = std::make_unique<SharedSegment>(base, rank_, size_, slot_bytes);
-  // No rank may use the segment before every rank has zeroed its counter.
+  // Cross-memory reads, where wanted: each rank publishes a value of its own and reads every
+  // peer's. A kernel or sandbox that forbids them on any rank means slots only, on every rank.
+  static const uint64_t kProbeValue = 0x66757365636f6d6dull;
+  shared_->PublishAddress(&kProbeValue);
+  if (single_copy_min_bytes != SIZE_MAX) SharedSegment::AllowPeerReads();
+  // No rank may use the segment (or probe) before every rank has zeroed its counter.
   CheckMpi(MPI_Barrier(comm_), "MPI_Barrier");
+  // Every rank must take the same path for the same message: the largest threshold wins, and
+  // a rank that cannot read its peers makes it "never".
+  uint64_t agreed = single_copy_min_bytes == SIZE_MAX || !shared_->ProbePeerReads(kProbeValue)
+                        ? UINT64_MAX
+                        : static_cast<uint64_t>(single_copy_min_bytes);
+  CheckMpi(MPI_Allreduce(MPI_IN_PLACE, &agreed, 1, MPI_UINT64_T, MPI_MAX, comm_),
+           "MPI_Allreduce");
+  if (agreed != UINT64_MAX) shared_->set_single_copy_min_bytes(static_cast<size_t>(agreed));
 }
 
 MemoryOps& MpiComm::memory() { return HostMemory(); }

@@ -49,8 +49,10 @@ class MpiComm : public Comm {
   void Barrier() override;
   SharedSegment* shared_segment() override { return shared_.get(); }
   // Collective over this comm: when every rank runs on this node, maps a SharedSegment with
-  // slots of `slot_bytes` (MPI_Win_allocate_shared); otherwise leaves none.
-  void AttachSharedSegment(size_t slot_bytes);
+  // slots of `slot_bytes` (MPI_Win_allocate_shared); otherwise leaves none. Messages of at
+  // least `single_copy_min_bytes` are read from the peers' memory directly where every rank
+  // can (SIZE_MAX: never).
+  void AttachSharedSegment(size_t slot_bytes, size_t single_copy_min_bytes = SIZE_MAX);
 
  private:
   MPI_Comm comm_;
