@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/wait_backoff.h"
 #include "transport/abort.h"
 
 namespace fusecomm {
@@ -142,15 +143,16 @@ bool SharedSegment::AllArrived(uint64_t phase) const {
 void SharedSegment::Synchronize(const char* what) {
   const uint64_t phase = Arrive();
   const double bound = DataWaitBound();
+  // Ranks may outnumber the cores: the one this rank waits for may need this core.
+  WaitBackoff backoff(kSpinRounds);
   for (int q = 0; q < size_; ++q) {
     const uint64_t* theirs = counter(q);
     auto since = Clock::now();
-    for (int round = 0; __atomic_load_n(theirs, __ATOMIC_ACQUIRE) < phase; ++round) {
-      if (round < kSpinRounds) continue;
+    while (__atomic_load_n(theirs, __ATOMIC_ACQUIRE) < phase) {
+      backoff.Pause();
+      if (!backoff.CheckDeadlineNow()) continue;
       if (TransportAborted()) throw CollectiveError(TransportAbortReason());
-      // Reading the clock costs more than a load: only every 64th round once yielding.
-      if (bound > 0 && round % 64 == 0 &&
-          std::chrono::duration<double>(Clock::now() - since).count() > bound) {
+      if (bound > 0 && std::chrono::duration<double>(Clock::now() - since).count() > bound) {
         char seconds[32];
         std::snprintf(seconds, sizeof(seconds), "%g", bound);
         const std::string reason =
@@ -161,9 +163,8 @@ void SharedSegment::Synchronize(const char* what) {
         AbortTransport(reason);
         throw CollectiveError(reason);
       }
-      // Ranks may outnumber the cores: the one this rank waits for may need this core.
-      std::this_thread::yield();
     }
+    backoff.Progress();
   }
 }
 

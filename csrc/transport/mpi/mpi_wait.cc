@@ -4,10 +4,10 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 #include "common/errors.h"
+#include "common/wait_backoff.h"
 #include "transport/mpi/mpi_comm.h"
 
 namespace fusecomm {
@@ -17,12 +17,12 @@ using Clock = std::chrono::steady_clock;
 
 // Polls until every request is done. Returns false when `timeout_seconds` > 0 passed with no
 // request completing (each completion restarts the clock, so a long transfer that keeps moving
-// is never cut off). Spinning keeps small messages at microseconds. After that it keeps
-// testing, yielding the core between tests to any other runnable thread instead of sleeping:
-// every peer is inside this collective, and a non-blocking collective only advances while this
-// thread tests it (a sleep stalled MPI's progress: `mpi` through the engine took 2.5x
-// MPI_Allreduce's time at 16-64 MiB). The negotiation's waits, which may wait long for a
-// peer's next cycle, sleep instead (MpiControlChannel::WaitUntil).
+// is never cut off). A non-blocking collective only advances while this thread tests it, so
+// the wait tests without sleeping while it may be close (a wait that slept from the start
+// made `mpi` through the engine take 2.5x MPI_Allreduce's time at 16-64 MiB); past a few
+// milliseconds without a completion it naps between tests (WaitBackoff says why). The
+// negotiation's waits, which may wait long for a peer's next cycle, back off sooner
+// (MpiControlChannel::WaitUntil).
 bool Poll(MPI_Request* requests, int count, const char* call, double timeout_seconds) {
   constexpr int kSpinIterations = 2000;
   constexpr int kMaxInlineRequests = 8;  // no allocation for the usual one or two requests
@@ -32,7 +32,8 @@ bool Poll(MPI_Request* requests, int count, const char* call, double timeout_sec
   std::vector<int> more_indices(count > kMaxInlineRequests ? static_cast<size_t>(count) : 0);
   int* indices = count > kMaxInlineRequests ? more_indices.data() : inline_indices;
   auto last_progress = Clock::now();
-  for (int i = 0;; ++i) {
+  WaitBackoff backoff(kSpinIterations);
+  for (;;) {
     if (TransportAborted()) throw CollectiveError(TransportAbortReason());
     int completed = 0;
     // Completed requests become MPI_REQUEST_NULL; MPI_UNDEFINED: none is left.
@@ -40,14 +41,14 @@ bool Poll(MPI_Request* requests, int count, const char* call, double timeout_sec
     if (completed == MPI_UNDEFINED) return true;
     if (completed > 0) {
       last_progress = Clock::now();
+      backoff.Progress();
       continue;
     }
-    if (i < kSpinIterations) continue;
-    // Reading the clock costs as much as a test: only every 64th round once yielding.
-    if (i % 64 == 0 && timeout_seconds > 0 && Clock::now() - last_progress > limit) {
+    if (timeout_seconds > 0 && backoff.CheckDeadlineNow() &&
+        Clock::now() - last_progress > limit) {
       return false;
     }
-    std::this_thread::yield();
+    backoff.Pause();
   }
 }
 }  // namespace
