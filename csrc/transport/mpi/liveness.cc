@@ -34,6 +34,8 @@ LivenessMonitor::LivenessMonitor(MPI_Comm comm, double interval_seconds, double 
   MPI_Comm_size(comm_, &size_);
   last_heard_.assign(size_, Clock::now());
   departed_.assign(size_, false);
+  payloads_ = new int[size_];
+  for (int r = 0; r < size_; ++r) payloads_[r] = r;
   if (timeout_seconds > 0 && size_ > 1) {
     thread_ = std::thread([this] { Loop(); });
     std::lock_guard<std::mutex> lock(g_active_mutex);
@@ -91,7 +93,7 @@ void LivenessMonitor::Loop() {
   };
   auto send = [&](int peer, int kind, int value) {
     MPI_Request r;
-    if (MPI_Isend(&value, 1, MPI_INT, peer, kind, comm_, &r) == MPI_SUCCESS) {
+    if (MPI_Isend(&payloads_[value], 1, MPI_INT, peer, kind, comm_, &r) == MPI_SUCCESS) {
       // Small sends complete eagerly; a send to a dead peer may never, so it is not waited on.
       MPI_Request_free(&r);
     }

@@ -48,6 +48,10 @@ class LivenessMonitor : public Liveness {
   std::mutex heard_mutex_;  // guards last_heard_ (read by SilentPeers from other threads)
   std::vector<std::chrono::steady_clock::time_point> last_heard_;
   std::vector<bool> departed_;
+  // 0..size-1: every payload sent (a heartbeat's 0, an abort's rank) points in here, since a
+  // freed send request may still read its buffer after MPI_Isend returns, and even after this
+  // monitor is gone (a goodbye at shutdown): never freed, a few bytes per monitor.
+  int* payloads_ = nullptr;
   std::thread thread_;
 };
 
