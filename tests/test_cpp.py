@@ -72,6 +72,22 @@ def test_allreduce_algorithms(algorithms_binary, ranks, local_size, torus_x):
     assert proc.returncode == 0 and " 0 failed" in proc.stdout, proc.stdout[-6000:]
 
 
+@pytest.fixture(scope="module")
+def bounded_waits_binary(tmp_path_factory):
+    return build(tmp_path_factory, "test_bounded_waits", CORE_SOURCES)
+
+
+@pytest.mark.parametrize("kind, ranks", [("mpi", 2), ("shm", 2), ("shm", 3)])
+def test_data_waits_give_up_at_their_bound(bounded_waits_binary, kind, ranks):
+    """A data wait (MPI_Testsome, or the shared segment's synchronization) for a peer that
+    never takes part throws its bound's error after the bound, having passed from spinning to
+    napping, and aborts the transport."""
+    cmd = mpirun_command(ranks) + [str(bounded_waits_binary), kind]
+    proc = subprocess.run(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "the wait gave up at its bound" in proc.stdout, proc.stdout
+
+
 def test_nccl_p2p_grouping_never_deadlocks(tmp_path_factory):
     """The NCCL transport's grouping of Isend/Irecv, run for every algorithm against a model of
     NCCL's group semantics (no GPU needed): no deadlock, exact results."""

@@ -48,7 +48,9 @@ class WaitBackoff {
   }
 
   // Past spinning: the caller may read the clock for its own deadline this round.
-  bool CheckDeadlineNow() const { return rounds_ > spin_rounds_ && (napping_ || rounds_ % 64 == 0); }
+  bool CheckDeadlineNow() const {
+    return rounds_ > spin_rounds_ && (napping_ || rounds_ % 64 == 0);
+  }
 
  private:
   const int spin_rounds_;
