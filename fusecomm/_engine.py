@@ -56,12 +56,13 @@ def group(process_set_id=0):
         _core.end_group(process_set_id)
 
 
-def run(request, keep_alive, finisher):
+def run(request, input_address, output_address, keep_alive, finisher):
     """A synchronous call: submit(), then wait and return finisher(result). The engine thread is
     not woken for it, since this thread drives the engine's cycle itself (a wake-up per call
     competes for the cores); and nothing is registered unless a signal handler interrupts the
     wait, when the buffers must outlive the collective still in flight."""
-    return finisher(_core.run(request, _adopt, (keep_alive, finisher)))
+    return finisher(_core.run(request, input_address, output_address, _adopt,
+                              (keep_alive, finisher)))
 
 
 def _adopt(handle, entry):
@@ -70,12 +71,14 @@ def _adopt(handle, entry):
         _handles[handle] = entry
 
 
-def submit(request, keep_alive, finisher):
-    """Queues one collective (a _core.Request, built by fusecomm/_frontend/collectives.py);
-    returns the engine's handle id. `keep_alive` (the tensors behind the request's pointers)
-    lives until the handle is synchronized; `finisher(result)` turns the engine's result tuple
-    (uint8 array, DeviceBuffer or None; shape; received splits) into what synchronize returns."""
-    handle = _core.enqueue(request)
+def submit(request, input_address, output_address, keep_alive, finisher):
+    """Queues one collective (a _core.Request, built by fusecomm/_frontend/collectives.py) on
+    the data at input_address (output_address: where the result goes, 0 when the engine
+    allocates it); returns the engine's handle id. `keep_alive` (the tensors behind the
+    addresses) lives until the handle is synchronized; `finisher(result)` turns the engine's
+    result tuple (uint8 array, DeviceBuffer or None; shape; received splits) into what
+    synchronize returns."""
+    handle = _core.enqueue(request, input_address, output_address)
     with _lock:
         _handles[handle] = (keep_alive, finisher)
     return handle

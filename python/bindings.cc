@@ -17,15 +17,15 @@ using namespace fusecomm;
 
 namespace {
 
-// One collective as the Python frontend core builds it (fusecomm/_frontend/request.py):
-// plain fields, converted here to the engine's typed Request.
+// One collective as the Python frontend core builds it (fusecomm/_frontend/collectives.py):
+// plain fields, converted here to the engine's typed Request. The data addresses are not among
+// them but arguments of each submission, so the frontend can reuse one Request for every call
+// of a named collective (building one costs about as much as the engine's own work on 8 bytes).
 struct EnqueueRequest {
   int op_type = 0;
   std::string name;
   int dtype = 0;
   std::vector<int64_t> shape;
-  uintptr_t input = 0;
-  uintptr_t output = 0;
   int reduce_op = 0;
   double prescale = 1.0;
   double postscale = 1.0;
@@ -38,7 +38,7 @@ struct EnqueueRequest {
   bool caller_waits = false;
 };
 
-int64_t Enqueue(const EnqueueRequest& in, bool caller_waits) {
+int64_t Enqueue(const EnqueueRequest& in, uintptr_t input, uintptr_t output, bool caller_waits) {
   // Range checks only: the casts to the engine's enums must not invent values.
   if (in.op_type < 0 || in.op_type > static_cast<int>(OpType::kJoin)) {
     throw InvalidArgument("unknown operation code " + std::to_string(in.op_type));
@@ -56,8 +56,8 @@ int64_t Enqueue(const EnqueueRequest& in, bool caller_waits) {
   request.spec.postscale = in.postscale;
   request.spec.device = in.device;
   request.spec.algorithm = ParseAllreduceAlgorithm(in.algorithm);
-  request.input = reinterpret_cast<const void*>(in.input);
-  request.output = reinterpret_cast<void*>(in.output);
+  request.input = reinterpret_cast<const void*>(input);
+  request.output = reinterpret_cast<void*>(output);
   request.splits = in.splits;
   request.stream = in.stream;
   request.caller_waits = caller_waits;
@@ -161,25 +161,19 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       // The fields every collective sets, in one call: each attribute set is a pybind11 call
       // of its own (about 0.1 us), and a small synchronous call is a few microseconds in all.
-      .def(py::init([](int op_type, std::string name, int dtype, std::vector<int64_t> shape,
-                       uintptr_t input, uintptr_t output) {
+      .def(py::init([](int op_type, std::string name, int dtype, std::vector<int64_t> shape) {
              EnqueueRequest r;
              r.op_type = op_type;
              r.name = std::move(name);
              r.dtype = dtype;
              r.shape = std::move(shape);
-             r.input = input;
-             r.output = output;
              return r;
            }),
-           py::arg("op_type"), py::arg("name"), py::arg("dtype"), py::arg("shape"),
-           py::arg("input"), py::arg("output"))
+           py::arg("op_type"), py::arg("name"), py::arg("dtype"), py::arg("shape"))
       .def_readwrite("op_type", &EnqueueRequest::op_type)
       .def_readwrite("name", &EnqueueRequest::name)
       .def_readwrite("dtype", &EnqueueRequest::dtype)
       .def_readwrite("shape", &EnqueueRequest::shape)
-      .def_readwrite("input", &EnqueueRequest::input)
-      .def_readwrite("output", &EnqueueRequest::output)
       .def_readwrite("reduce_op", &EnqueueRequest::reduce_op)
       .def_readwrite("prescale", &EnqueueRequest::prescale)
       .def_readwrite("postscale", &EnqueueRequest::postscale)
@@ -190,14 +184,16 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("splits", &EnqueueRequest::splits)
       .def_readwrite("process_set", &EnqueueRequest::process_set)
       .def_readwrite("caller_waits", &EnqueueRequest::caller_waits);
-  m.def("enqueue", [](const EnqueueRequest& in) { return Enqueue(in, in.caller_waits); },
-        py::arg("request"));
+  m.def("enqueue", [](const EnqueueRequest& in, uintptr_t input, uintptr_t output) {
+    return Enqueue(in, input, output, in.caller_waits);
+  }, py::arg("request"), py::arg("input"), py::arg("output"));
   // A synchronous collective in one call (enqueue marked caller_waits, wait, take_result): a
   // small call costs a few microseconds, each pybind11 call about 0.1-0.3. Should a signal
   // handler abandon the wait, adopt(handle, keep) runs first, so that the buffers `keep` holds
   // outlive the collective still in flight.
-  m.def("run", [](const EnqueueRequest& in, const py::function& adopt, const py::object& keep) {
-    const int64_t id = Enqueue(in, /*caller_waits=*/true);
+  m.def("run", [](const EnqueueRequest& in, uintptr_t input, uintptr_t output,
+                  const py::function& adopt, const py::object& keep) {
+    const int64_t id = Enqueue(in, input, output, /*caller_waits=*/true);
     try {
       WaitRunningSignalHandlers(id);
     } catch (py::error_already_set&) {
@@ -205,7 +201,7 @@ PYBIND11_MODULE(_core, m) {
       throw;
     }
     return TakeResult(id);
-  }, py::arg("request"), py::arg("adopt"), py::arg("keep"));
+  }, py::arg("request"), py::arg("input"), py::arg("output"), py::arg("adopt"), py::arg("keep"));
   // A NumPy array's data address; from Python (__array_interface__) it costs about 2 us.
   m.def("array_address", [](const py::array& array) {
     return reinterpret_cast<uintptr_t>(array.data());

@@ -68,13 +68,40 @@ def test_the_binding_takes_one_request_object():
         (0, -1, 1.0, "auto")
     x, out = np.arange(4, dtype=np.float64), np.empty(4)
     request.name, request.dtype, request.shape = "core.raw", _engine.DTYPE_CODES["float64"], [4]
-    request.input = x.__array_interface__["data"][0]
-    request.output = out.__array_interface__["data"][0]
-    engine_id = _engine.submit(request, (x, out), lambda result: out)
+    address, out_address = (a.__array_interface__["data"][0] for a in (x, out))
+    engine_id = _engine.submit(request, address, out_address, (x, out), lambda result: out)
     assert _engine.synchronize(engine_id).tolist() == [0, 1, 2, 3]
     request.dtype = 99
     with pytest.raises(ValueError, match="type"):
-        _core.enqueue(request)
+        _core.enqueue(request, address, out_address)
+
+
+def test_a_repeated_call_keeps_every_check_of_its_first():
+    """The second and later synchronous calls of a name run from the request of the first; an
+    array or argument that the first call would refuse is refused just the same."""
+    x = np.arange(4, dtype=np.float32)
+    for _ in range(2):  # the first call builds the request, the second reuses it
+        assert np.array_equal(hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat",
+                                             prescale_factor=2.0), x * 2)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        hvd.allreduce_(read_only, op=hvd.Sum, name="core.repeat", prescale_factor=2.0)
+    strided = np.arange(8, dtype=np.float32)[::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        hvd.allreduce_(strided, op=hvd.Sum, name="core.repeat", prescale_factor=2.0)
+    with pytest.raises(TypeError, match="byte order"):
+        hvd.allreduce_(x.astype(">f4"), op=hvd.Sum, name="core.repeat", prescale_factor=2.0)
+    with pytest.raises(TypeError, match="algorithm"):
+        hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat", prescale_factor=2.0,
+                       algorithm=["ring"])
+    with pytest.raises(ValueError, match="finite"):
+        hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat", prescale_factor=float("nan"))
+    # Not an ndarray, or read-only but not written to: the whole way, and right.
+    assert np.array_equal(hvd.allreduce([0.0, 1.0, 2.0, 3.0], op=hvd.Sum, name="core.repeat.l"),
+                          x.astype(np.float64))
+    assert np.array_equal(hvd.allreduce(read_only, op=hvd.Sum, name="core.repeat.ro"), x)
+    assert np.array_equal(hvd.allreduce(read_only, op=hvd.Sum, name="core.repeat.ro"), x)
 
 
 # ---- naming and validation --------------------------------------------------------------------

@@ -32,32 +32,47 @@ def _host_array(tensor, what):
         raise TypeError(f"{what} must be an array, not {type(tensor).__name__}: {e}") from None
 
 
-_dtype_codes = {}  # np.dtype -> the engine's dtype code; dtype.name costs microseconds a call
+# np.dtype -> the engine's dtype code, for dtypes in native byte order only (a dtype of the
+# other order is a different key): dtype.name and dtype.isnative cost microseconds a call.
+_native_dtype_codes = {}
 
 
-def _code_of(dtype):
-    code = _dtype_codes.get(dtype)
+def _code_of(dtype, what):
+    code = _native_dtype_codes.get(dtype)
     if code is None:
-        code = _dtype_codes[dtype] = dtype_code(dtype.name)  # TypeError naming supported dtypes
+        code = dtype_code(dtype.name)  # TypeError naming supported dtypes
+        if not dtype.isnative:
+            raise TypeError(f"{what} has non-native byte order ({dtype.str}); convert it "
+                            "with array.astype(array.dtype.newbyteorder('='))")
+        _native_dtype_codes[dtype] = code
     return code
 
 
 class NumpyAdapter(Adapter):
     def check(self, tensor, what):
-        if hasattr(tensor, "__cuda_array_interface__") and not isinstance(tensor, np.ndarray):
+        if tensor.__class__ is np.ndarray:  # the common case first: no attribute probing
+            array = tensor
+        elif hasattr(tensor, "__cuda_array_interface__") and not isinstance(tensor, np.ndarray):
             array = _cupy().asarray(tensor)  # no copy: a view of the same device memory
             code = dtype_code(array.dtype.name)
             if not array.flags.c_contiguous:
                 raise ValueError(f"{what} must be C-contiguous (use cupy.ascontiguousarray)")
             return array, code, array.device.id
-        array = _host_array(tensor, what)
-        code = _code_of(array.dtype)
-        if not array.dtype.isnative:
-            raise TypeError(f"{what} has non-native byte order ({array.dtype.str}); convert it "
-                            "with array.astype(array.dtype.newbyteorder('='))")
+        else:
+            array = _host_array(tensor, what)
+        code = _code_of(array.dtype, what)
         if not array.flags.c_contiguous:
             raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
         return array, code, -1
+
+    def plain(self, tensor, in_place):
+        if tensor.__class__ is not np.ndarray:
+            return None
+        code = _native_dtype_codes.get(tensor.dtype)  # only dtypes that check() accepted
+        flags = tensor.flags
+        if code is None or not flags.c_contiguous or (in_place and not flags.writeable):
+            return None
+        return (_core.array_address(tensor) if tensor.size else 0), code
 
     def in_place(self, array, original):
         if isinstance(array, np.ndarray) and not array.flags.writeable:

@@ -81,6 +81,7 @@ def main():
     if n > 1:
         check_wakeups(seed, rank, n)
         check_negotiation_slot(seed, rank, n)
+    check_repeated_calls(seed, rank, n)
     hvd.barrier()
     print(f"rank {rank}: OK", flush=True)
     hvd.shutdown()
@@ -111,9 +112,10 @@ def check_wakeups(seed, rank, n, calls=60):
     x = rank_data(seed, rank, (5,), "float32")
     out = np.empty_like(x)
     request = _core.Request(_engine.ALLREDUCE, "wake.unattended", _engine.DTYPE_CODES["float32"],
-                            x.shape, _core.array_address(x), _core.array_address(out))
+                            x.shape)
     request.caller_waits = True
-    handle = _engine.submit(request, (x, out), lambda result: out)
+    handle = _engine.submit(request, _core.array_address(x), _core.array_address(out), (x, out),
+                            lambda result: out)
     deadline = time.monotonic() + 60
     while not _engine.poll(handle):
         assert time.monotonic() < deadline, f"an unattended submission did not run (seed {seed})"
@@ -170,6 +172,49 @@ def check_negotiation_slot(seed, rank, n):
         handle = hvd.allreduce_async(xs[rank][:2], op=hvd.Sum, name="slot.async")
         check_equal(hvd.synchronize(handle), sum(xs)[:2], "float32", f"async, call {i}")
     assert rides() == before, f"{rides() - before} calls rode in the slot that must not"
+
+
+def check_repeated_calls(seed, rank, n):
+    """A synchronous all-reduce called again under its name (in place and not, every size class,
+    new data and new arrays each call) runs from the request its first call built: only the
+    first call of each goes the whole way (through Collectives._submit), every result is right,
+    and a call whose array's shape or dtype differs goes the whole way again."""
+    ops = hvd.ops._ops
+    built = []
+    submit = ops._submit
+    ops._submit = lambda *a, **k: built.append(a[4]) or submit(*a, **k)
+    try:
+        for count in (0, 1, 7, 1021, 70001):  # 70001: past the slot, not divisible by 2, 3, 4
+            for in_place in (False, True):
+                name = f"repeat.{count}.{in_place}"
+                for i in range(4):
+                    xs = [rank_data(seed + 31 * i + count, q, (count,), "float64")
+                          for q in range(n)]
+                    mine = xs[rank].copy()
+                    if in_place:
+                        got = hvd.allreduce_(mine, op=hvd.Average, name=name,
+                                             prescale_factor=2.0)
+                        assert got is mine, "allreduce_ must return its own array"
+                    else:
+                        got = hvd.allreduce(mine, op=hvd.Average, name=name,
+                                            prescale_factor=2.0)
+                        assert got is not mine and np.array_equal(mine, xs[rank])
+                    check_equal(got, 2 * sum(xs) / n, "float64", f"{name} call {i} (seed {seed})",
+                                1e-12)
+        assert sorted(set(built)) == sorted(built), f"repeated calls went the whole way: {built}"
+        built.clear()
+        # Same name, a different description each time: each goes the whole way; then the
+        # first description again reuses its request.
+        xs = [rank_data(seed, q, (6,), "int32") for q in range(n)]
+        total = sum(xs)
+        for variant, ref in ((xs[rank], total), (xs[rank][:3], total[:3]),
+                             (xs[rank].astype(np.int64), total.astype(np.int64)),
+                             (xs[rank], total)):
+            check_equal(hvd.allreduce(variant, op=hvd.Sum, name="repeat.variant"), ref,
+                        variant.dtype.name, f"variant {variant.dtype} {variant.shape}")
+        assert len(built) == 3, f"{len(built)} calls went the whole way for 3 descriptions"
+    finally:
+        ops._submit = submit
 
 
 def hvd_wakeups():
