@@ -42,8 +42,11 @@ def test_stalled_rank_gives_error_on_every_rank(ranks):
     assert "missing on rank 1" in out
 
 
-# (ranks, virtual node size): uneven nodes and partial torus grids included.
-ALGORITHM_CONFIGS = [(2, 1), (3, 2), (4, 2), (5, 2), (6, 4), (7, 3), (8, 4)]
+# (ranks, virtual node size): uneven nodes and partial torus grids included. The algorithms
+# themselves are also checked bit-exactly at 7 and 8 ranks by tests/test_cpp.py; through the
+# engine (fusion, scaling, every dtype and op) 2-6 ranks cover odd, even and uneven nodes;
+# 7 and 8 ranks on two cores took 52 of this test's 120 s.
+ALGORITHM_CONFIGS = [(2, 1), (3, 2), (4, 2), (5, 2), (6, 4)]
 
 
 @pytest.mark.parametrize("ranks, local_size", ALGORITHM_CONFIGS)

@@ -4,8 +4,10 @@ the engine's negotiation (controller, response cache, fusion planner) over an in
 channel, and the layering of csrc/ (cmake/layers.cmake). Built here with the MPI compiler
 wrapper, or a plain C++ compiler where MPI must not be needed, straight from csrc/ (no Python
 involved)."""
+import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,14 @@ CORE_SOURCES = sorted(str(p) for d in ["common", "collectives", "reduce", "trans
                                        "transport/mpi"] for p in (CSRC / d).glob("*.cc"))
 
 
-def build(tmp_path_factory, test_name, sources, mpi=True):
+FLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-DOMPI_SKIP_MPICXX=1",
+         f"-I{CSRC}"]
+# (compiler, source) -> object file: several test binaries link the same csrc/ files, each
+# compiled once per session (and in parallel: one compiler process a core).
+_objects = {}
+
+
+def compiler_for(mpi):
     if mpi:
         compiler = shutil.which("mpicxx") or shutil.which("mpic++")
         if compiler is None:
@@ -28,11 +37,38 @@ def build(tmp_path_factory, test_name, sources, mpi=True):
         compiler = shutil.which("c++") or shutil.which("g++")
         if compiler is None:
             pytest.fail("no C++ compiler (c++ or g++) on PATH")
+    return compiler
+
+
+def compile_objects(tmp_path_factory, compiler, sources):
+    """Object files of `sources`, compiling those not compiled yet with this compiler."""
+    missing = [src for src in dict.fromkeys(sources) if (compiler, src) not in _objects]
+    if missing:
+        out_dir = tmp_path_factory.mktemp("obj")
+
+        def compile_one(index_and_source):
+            index, src = index_and_source
+            obj = out_dir / f"{index}_{Path(src).stem}.o"
+            proc = subprocess.run([compiler, *FLAGS, "-c", src, "-o", str(obj)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return src, obj, proc
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for src, obj, proc in pool.map(compile_one, enumerate(missing)):
+                assert proc.returncode == 0, f"{src}:\n{proc.stdout}"
+                _objects[(compiler, src)] = obj
+    return [str(_objects[(compiler, src)]) for src in dict.fromkeys(sources)]
+
+
+def build(tmp_path_factory, test_name, sources, mpi=True):
+    """tests/cpp/<test_name>.cc linked with `sources` (MPI's wrapper compiler, or a plain one
+    where the code must not need MPI: then MPI's library is not even linked)."""
+    compiler = compiler_for(mpi)
+    test_source = str(ROOT / "tests/cpp" / f"{test_name}.cc")
+    objects = compile_objects(tmp_path_factory, compiler, [*sources, test_source])
     out = tmp_path_factory.mktemp("cpp") / test_name
-    cmd = [compiler, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
-           "-DOMPI_SKIP_MPICXX=1", f"-I{CSRC}", *sources, str(ROOT / "tests/cpp" / f"{test_name}.cc"),
-           "-o", str(out)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run([compiler, "-pthread", *objects, "-o", str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, proc.stdout
     return out
 
