@@ -97,6 +97,12 @@ def test_a_repeated_call_keeps_every_check_of_its_first():
                        algorithm=["ring"])
     with pytest.raises(ValueError, match="finite"):
         hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat", prescale_factor=float("nan"))
+    with pytest.raises(TypeError, match="finite number"):
+        hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat", prescale_factor=2 + 0j)
+    # Scales the full path converts: a 0-d array, a NumPy scalar, an int.
+    for scale in (np.array(2.0), np.float32(2.0), 2):
+        assert np.array_equal(hvd.allreduce_(x.copy(), op=hvd.Sum, name="core.repeat",
+                                             prescale_factor=scale), x * 2)
     # Not an ndarray, or read-only but not written to: the whole way, and right.
     assert np.array_equal(hvd.allreduce([0.0, 1.0, 2.0, 3.0], op=hvd.Sum, name="core.repeat.l"),
                           x.astype(np.float64))

@@ -155,9 +155,13 @@ class Collectives:
 
     def allreduce(self, tensor, name=None, op=Sum, prescale_factor=1.0, postscale_factor=1.0,
                   process_set=None, in_place=False, algorithm=None, checked=None, wait=False):
+        # Only arguments whose equality means the same request: a str algorithm, float scales
+        # (an int, an array or a complex number equal to a cached float takes the whole way,
+        # where check_scale converts or refuses it).
         if (wait and name.__class__ is str and checked is None
                 and (process_set is None or process_set is global_process_set)
-                and (algorithm is None or algorithm.__class__ is str)):
+                and (algorithm is None or algorithm.__class__ is str)
+                and prescale_factor.__class__ is float and postscale_factor.__class__ is float):
             repeated = self._repeated_allreduce(tensor, name, op, prescale_factor,
                                                 postscale_factor, in_place, algorithm)
             if repeated is not None:

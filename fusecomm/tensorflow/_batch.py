@@ -162,7 +162,9 @@ def run_numpy(items, names, arrays):
     ps_id = process_set_id(items[0].attrs["process_set"])
     if names is None:  # the same per-process-set counter as the NumPy API's unnamed ops
         base = naming.counter_name(items[0].op_type, ps_id)
-        names = [base] if len(items) == 1 else naming.member_names(base, len(items))
+        # Complete: a counter name never comes back, so no request is kept for it.
+        names = ([naming.Complete(base)] if len(items) == 1 else
+                 naming.member_names(base, len(items)))
     handles, position = [], 0
     with _engine_group(ps_id):  # fused as one
         for item, name in zip(items, names):
