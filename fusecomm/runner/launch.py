@@ -119,9 +119,11 @@ def build_command(args, mpirun, flavour, is_root, launcher_env=None):
 # Printed by Open MPI 4.1's mpirun under --enable-recovery each time a rank ends abnormally: its
 # notice of the termination to the other ranks names target processes with a range PMIx 4
 # rejects (pmix_event_notification.c, PMIX_ERR_BAD_PARAM). Nothing listens for that notice in
-# fusecomm (the heartbeat finds dead ranks), so the line says nothing about the job.
+# fusecomm (the heartbeat finds dead ranks), so the line says nothing about the job. mpirun may
+# write it into the middle of a rank's line (seen after a rank's end marker), so it is cut out
+# wherever it stands.
 _PMIX_NOTICE_NOISE = re.compile(
-    r"^\[[^\]]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+\s*$")
+    r"\[[^\]\s]*\] PMIX ERROR: BAD-PARAM in file \S*pmix_event_notification\.c at line \d+")
 
 
 # How long mpirun may outlive the last rank of a failed job (it needs a moment to collect the
@@ -274,8 +276,10 @@ def _run_job(args, mpirun, flavour, is_root, failures, status):
     lingering.daemon = True
     try:
         for line in proc.stdout:
-            if _PMIX_NOTICE_NOISE.match(line):
-                continue
+            if "PMIX ERROR" in line:
+                line = _PMIX_NOTICE_NOISE.sub("", line)
+                if not line.strip():
+                    continue
             ends, line = rank_wrapper.take_end_markers(line)
             ended_ranks.update(ends)
             if line:
